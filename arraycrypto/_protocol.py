@@ -1,0 +1,269 @@
+"""The connection state machines of the push protocol, without I/O (Sans-I/O).
+
+The drivers (server.py, client.py) own the sockets, the WebSocket framing and the
+timers; they hand each received text payload to these objects and send what comes
+back. Time is passed in as ``now_ms``; randomness (challenge, nonce) is passed in too.
+
+Server side, one object per connection::
+
+    CHALLENGED --handshake with a valid proof------------> SUBSCRIBED  (send welcome)
+    CHALLENGED --bad proof / unknown key id--------------> CLOSED 4001
+    CHALLENGED --malformed JSON, wrong or unknown type---> CLOSED 4003
+    CHALLENGED --binary frame----------------------------> CLOSED 1003
+    SUBSCRIBED --any data frame--------------------------> CLOSED 4003
+    (no handshake within handshake_timeout: the driver closes with 4002)
+
+Client side::
+
+    AWAIT_CHALLENGE --challenge--------------------------> AWAIT_WELCOME (send handshake)
+    AWAIT_WELCOME   --welcome with a valid server proof--> SUBSCRIBED   (snapshot event)
+    AWAIT_WELCOME   --bad server proof-------------------> AuthenticationError
+    SUBSCRIBED      --snapshot---------------------------> SUBSCRIBED   (accepted/rejected)
+    any             --error message 4001-----------------> AuthenticationError
+    any             --anything else out of place---------> ProtocolError
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import msgspec
+
+from . import messages as m
+from ._crypto import CHALLENGE_SIZE, Key, Keyring, Snapshot
+from .exceptions import AuthenticationError, ProtocolError
+
+__all__ = [
+    "Accepted",
+    "ClientSession",
+    "ClientState",
+    "CloseCode",
+    "Rejected",
+    "ServerSession",
+    "ServerState",
+    "Violation",
+]
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes used by arraycrypto (PROTOCOL.md, "Close codes")."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001  # server shutting down
+    PROTOCOL_ERROR = 1002  # WebSocket framing error (detected by websockets)
+    UNSUPPORTED_DATA = 1003  # a binary frame
+    MESSAGE_TOO_BIG = 1009  # frame above max_frame_size
+    INTERNAL_ERROR = 1011  # ping timeout or a server bug
+    TRY_AGAIN_LATER = 1013  # max_connections reached
+    AUTHENTICATION_FAILED = 4001
+    HANDSHAKE_TIMEOUT = 4002
+    UNEXPECTED_MESSAGE = 4003  # malformed, unknown, or not allowed in this state
+
+
+#: The reason sent with each close code: generic, never any detail about secrets.
+REASONS: Final[dict[int, str]] = {
+    CloseCode.GOING_AWAY: "server shutting down",
+    CloseCode.UNSUPPORTED_DATA: "binary frames are not accepted",
+    CloseCode.MESSAGE_TOO_BIG: "frame too large",
+    CloseCode.INTERNAL_ERROR: "internal error",
+    CloseCode.TRY_AGAIN_LATER: "server full",
+    CloseCode.AUTHENTICATION_FAILED: "authentication failed",
+    CloseCode.HANDSHAKE_TIMEOUT: "handshake timeout",
+    CloseCode.UNEXPECTED_MESSAGE: "unexpected message",
+}
+
+
+class Violation(ProtocolError):
+    """Raised by a session when the peer must be disconnected with ``code``."""
+
+    def __init__(self, code: CloseCode) -> None:
+        self.code = code
+        self.reason = REASONS[code]
+        super().__init__(f"{self.reason} ({int(code)})")
+
+
+class ServerState(enum.IntEnum):
+    """Life of one server connection."""
+
+    CHALLENGED = 1
+    SUBSCRIBED = 2
+    CLOSED = 3
+
+
+class ServerSession:
+    """Server side of one connection: issues the challenge, checks the proof."""
+
+    def __init__(self, key: Key, challenge: bytes, session_id: str, tick_interval: float) -> None:
+        if len(challenge) != CHALLENGE_SIZE:
+            raise ValueError("challenge must be 32 bytes")
+        self.state = ServerState.CHALLENGED
+        self.session_id = session_id
+        self._key = key
+        self._challenge = challenge
+        self._tick_interval = tick_interval
+
+    def challenge_message(self) -> bytes:
+        """Return the first frame's payload."""
+        return m.encode(
+            m.Challenge(
+                challenge=self._challenge.hex(),
+                key_id=self._key.key_id.hex(),
+                tick_interval=self._tick_interval,
+            )
+        )
+
+    def receive_text(self, payload: bytes, snapshot: Snapshot) -> bytes:
+        """Handle a text frame; return the welcome payload, or raise :class:`Violation`."""
+        if self.state is not ServerState.CHALLENGED:
+            self.state = ServerState.CLOSED
+            raise Violation(CloseCode.UNEXPECTED_MESSAGE)
+        try:
+            message = m.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            message = None
+        if not isinstance(message, m.Handshake):
+            self.state = ServerState.CLOSED
+            raise Violation(CloseCode.UNEXPECTED_MESSAGE)
+        nonce = bytes.fromhex(message.nonce)
+        # Compare the proof first (constant time), the key id after, so both failures
+        # cost the same and look the same.
+        proof_ok = self._key.check_client_proof(self._challenge, nonce, bytes.fromhex(message.hash))
+        if not proof_ok or message.key_id != self._key.key_id.hex():
+            self.state = ServerState.CLOSED
+            raise Violation(CloseCode.AUTHENTICATION_FAILED)
+        self.state = ServerState.SUBSCRIBED
+        return m.encode(
+            m.Welcome(
+                proof=self._key.server_proof(self._challenge, nonce).hex(),
+                session=self.session_id,
+                snapshot=m.SnapshotMessage.from_snapshot(snapshot),
+            )
+        )
+
+    def receive_binary(self) -> None:
+        """Handle a binary frame: never allowed."""
+        self.state = ServerState.CLOSED
+        raise Violation(CloseCode.UNSUPPORTED_DATA)
+
+
+class ClientState(enum.IntEnum):
+    """Life of one client connection."""
+
+    AWAIT_CHALLENGE = 1
+    AWAIT_WELCOME = 2
+    SUBSCRIBED = 3
+    CLOSED = 4
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    """A snapshot that passed every check; the client may encrypt under it."""
+
+    snapshot: Snapshot
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """A snapshot that failed a check; it must be dropped and never used."""
+
+    reason: str
+
+
+class ClientSession:
+    """Client side of one connection: answers the challenge, verifies every snapshot.
+
+    A snapshot is accepted only if it is signed by a key of the keyring with a
+    signature of at least ``min_signature_size`` bytes, its tick is above every tick
+    accepted before (``last_tick``, carried across reconnections by the driver), and its
+    timestamp is within ``max_drift`` seconds of ``now_ms``.
+    """
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        nonce: bytes,
+        *,
+        min_signature_size: int = 16,
+        max_drift: float = 60.0,
+        last_tick: int = -1,
+    ) -> None:
+        if len(nonce) != CHALLENGE_SIZE:
+            raise ValueError("nonce must be 32 bytes")
+        self.state = ClientState.AWAIT_CHALLENGE
+        self.session_id: str | None = None
+        self.tick_interval: float | None = None
+        self.last_tick = last_tick
+        self._keyring = keyring
+        self._nonce = nonce
+        self._min_sig = min_signature_size
+        self._max_drift_ms = max_drift * 1000
+        self._challenge = b""
+        self._key: Key | None = None
+
+    def receive_text(self, payload: bytes, now_ms: int) -> bytes | Accepted | Rejected:
+        """Handle a text frame from the server.
+
+        Returns the handshake payload to send (after the challenge) or the verdict on
+        a snapshot. Raises AuthenticationError or ProtocolError, after which the
+        connection must be closed.
+        """
+        try:
+            message = m.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.state = ClientState.CLOSED
+            raise ProtocolError("server sent a malformed frame") from None
+        match (self.state, message):
+            case (_, m.ErrorMessage(code=code)):
+                self.state = ClientState.CLOSED
+                if code == CloseCode.AUTHENTICATION_FAILED:
+                    raise AuthenticationError("server rejected our proof: is the secret right?")
+                raise ProtocolError(f"server closed the session with code {code}")
+            case (ClientState.AWAIT_CHALLENGE, m.Challenge() as c):
+                return self._answer(c)
+            case (ClientState.AWAIT_WELCOME, m.Welcome() as w):
+                assert self._key is not None
+                if not self._key.check_server_proof(
+                    self._challenge, self._nonce, bytes.fromhex(w.proof)
+                ):
+                    self.state = ClientState.CLOSED
+                    raise AuthenticationError("server failed to prove it holds the secret")
+                self.state = ClientState.SUBSCRIBED
+                self.session_id = w.session
+                return self._check(w.snapshot.to_snapshot(), now_ms)
+            case (ClientState.SUBSCRIBED, m.SnapshotMessage() as s):
+                return self._check(s.to_snapshot(), now_ms)
+        self.state = ClientState.CLOSED
+        raise ProtocolError(f"unexpected {type(message).__name__} frame")
+
+    def _answer(self, c: m.Challenge) -> bytes:
+        if c.version != m.PROTOCOL_VERSION:
+            self.state = ClientState.CLOSED
+            raise ProtocolError(f"server speaks protocol version {c.version}, not 1")
+        key = self._keyring.key(bytes.fromhex(c.key_id))
+        if key is None:
+            self.state = ClientState.CLOSED
+            raise AuthenticationError(
+                f"server uses key id {c.key_id}, which is not in this client's keyring"
+            )
+        self._key = key
+        self._challenge = bytes.fromhex(c.challenge)
+        self.tick_interval = c.tick_interval
+        self.state = ClientState.AWAIT_WELCOME
+        return m.encode(
+            m.Handshake(
+                hash=key.client_proof(self._challenge, self._nonce).hex(),
+                nonce=self._nonce.hex(),
+                key_id=c.key_id,
+            )
+        )
+
+    def _check(self, snapshot: Snapshot, now_ms: int) -> Accepted | Rejected:
+        if len(snapshot.signature) < self._min_sig:
+            return Rejected("signature shorter than hash_size")
+        if not self._keyring.verify_snapshot(snapshot):
+            return Rejected("bad signature")
+        if snapshot.tick <= self.last_tick:
+            return Rejected(f"tick {snapshot.tick} is not above {self.last_tick}")
+        if abs(snapshot.timestamp - now_ms) > self._max_drift_ms:
+            return Rejected("timestamp outside max_drift of the local clock")
+        self.last_tick = snapshot.tick
+        return Accepted(snapshot)

@@ -1,0 +1,217 @@
+"""Server and client configuration: msgspec Structs, JSON files, validation.
+
+Pure apart from reading and writing the config file itself: no sockets, no clock.
+
+``secret_key`` is raw bytes in Python and base64 text in JSON files; passing base64
+text (``str``) directly is accepted too. A missing server config file is created with a
+fresh random key, mode 0600, and never overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import msgspec
+
+from ._crypto import MAX_SECRET_SIZE, MIN_SECRET_SIZE, generate_secret
+from .exceptions import ConfigError
+
+__all__ = [
+    "CryptoConfig",
+    "ServerConfig",
+    "load_client_config",
+    "load_server_config",
+    "save_config",
+]
+
+_MAX_CONFIG_FILE = 1 << 20
+
+
+def _secret(value: object, field: str) -> bytes:
+    """Normalise a secret given as bytes or base64 text; never echo it in errors."""
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise ConfigError(f"`{field}` is not valid base64") from None
+    if not isinstance(value, bytes):
+        raise ConfigError(f"`{field}` must be bytes or base64 text")
+    if not MIN_SECRET_SIZE <= len(value) <= MAX_SECRET_SIZE:
+        raise ConfigError(
+            f"`{field}` must decode to {MIN_SECRET_SIZE}..{MAX_SECRET_SIZE} bytes"
+            f" (got {len(value)})"
+        )
+    return value
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    # bool is an int subclass: reject it explicitly so `"port": true` is an error.
+    if isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"`{name}` must be between {low} and {high}")
+
+
+class _Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Shared behaviour: secrets hidden from repr, never pickled."""
+
+    def __repr__(self) -> str:
+        fields = []
+        for name in self.__struct_fields__:
+            shown = "<hidden>" if "secret" in name else repr(getattr(self, name))
+            fields.append(f"{name}={shown}")
+        return f"{type(self).__name__}({', '.join(fields)})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} holds a secret and cannot be pickled")
+
+
+class ServerConfig(_Config, kw_only=True):
+    """Configuration of ``arraycrypto serve`` (the seed's ``server_config.json``).
+
+    The seed's fields come first; the rest are limits and options with safe defaults,
+    documented in the README.
+    """
+
+    secret_key: bytes
+    tick_interval: float = 1.0
+    host: str = "0.0.0.0"
+    port: int = 8000
+    hash_size: int = 16
+    #: WebSocket path; any other path is plain HTTP.
+    path: str = "/ws"
+    max_connections: int = 20_000
+    max_frame_size: int = 4096
+    handshake_timeout: float = 5.0
+    http_max_request_size: int = 8192
+    http_read_timeout: float = 5.0
+    write_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    #: Origins allowed by CORS on the HTTP shim; empty means no CORS headers at all.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        self.secret_key = _secret(self.secret_key, "secret_key")
+        _check_range("tick_interval", self.tick_interval, 0.01, 3600)
+        _check_range("port", self.port, 0, 65535)
+        _check_range("hash_size", self.hash_size, 16, 32)
+        _check_range("max_connections", self.max_connections, 1, 1_000_000)
+        _check_range("max_frame_size", self.max_frame_size, 512, 1 << 20)
+        _check_range("handshake_timeout", self.handshake_timeout, 0.01, 300)
+        _check_range("http_max_request_size", self.http_max_request_size, 1024, 1 << 20)
+        _check_range("http_read_timeout", self.http_read_timeout, 0.01, 300)
+        _check_range("write_timeout", self.write_timeout, 0.01, 300)
+        _check_range("ping_interval", self.ping_interval, 0.01, 3600)
+        _check_range("ping_timeout", self.ping_timeout, 0.01, 3600)
+        if not self.path.startswith("/"):
+            raise ConfigError("`path` must start with '/'")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ConfigError("`tls_certfile` and `tls_keyfile` must be given together")
+
+
+class CryptoConfig(_Config, kw_only=True):
+    """Configuration of :class:`~arraycrypto.CryptoClient` (the seed's ``client_config.json``).
+
+    ``handshake_points`` is accepted for compatibility with the seed's files and has no
+    effect: the handshake is an HMAC challenge-response whose strength does not depend on
+    it. ``hash_size`` is the shortest snapshot signature (in bytes, 16..32) the client
+    accepts.
+    """
+
+    server_url: str = "http://localhost:8000"
+    secret_key: bytes
+    max_drift: float = 60.0
+    handshake_points: int = 8
+    hash_size: int = 16
+    #: More servers to fail over to, tried in turn after ``server_url``.
+    server_urls: list[str] = msgspec.field(default_factory=list)
+    #: Older secrets kept only to decrypt ciphertexts made before a rotation.
+    old_secret_keys: list[bytes] = msgspec.field(default_factory=list)
+    #: CA bundle for servers with private certificates (``https://``/``wss://``).
+    ca_file: str | None = None
+    connect_timeout: float = 10.0
+    #: How long an encrypt waits for the first snapshot before raising SnapshotError.
+    snapshot_timeout: float = 10.0
+    reconnect_max_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        self.secret_key = _secret(self.secret_key, "secret_key")
+        self.old_secret_keys = [
+            _secret(k, f"old_secret_keys[{i}]") for i, k in enumerate(self.old_secret_keys)
+        ]
+        _check_range("max_drift", self.max_drift, 0.1, 86400)
+        _check_range("handshake_points", self.handshake_points, 1, 1024)
+        _check_range("hash_size", self.hash_size, 16, 32)
+        _check_range("connect_timeout", self.connect_timeout, 0.01, 300)
+        _check_range("snapshot_timeout", self.snapshot_timeout, 0, 300)
+        _check_range("reconnect_max_delay", self.reconnect_max_delay, 0.01, 3600)
+        for url in (self.server_url, *self.server_urls):
+            if not url.startswith(("http://", "https://", "ws://", "wss://")):
+                raise ConfigError("server URLs must start with http://, https://, ws:// or wss://")
+
+
+_C = TypeVar("_C", ServerConfig, CryptoConfig)
+
+
+def _load(path: Path, kind: type[_C]) -> _C:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(_MAX_CONFIG_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    if len(raw) > _MAX_CONFIG_FILE:
+        raise ConfigError(f"{path}: config file is larger than 1 MiB")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+def convert(data: dict[str, Any], kind: type[_C]) -> _C:
+    """Build a config from a mapping, raising ConfigError that names the bad field."""
+    try:
+        return msgspec.convert(data, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load_client_config(path: str | os.PathLike[str]) -> CryptoConfig:
+    """Load a client config from a JSON file; raise ConfigError naming the bad field."""
+    return _load(Path(path), CryptoConfig)
+
+
+def load_server_config(path: str | os.PathLike[str], *, create: bool = True) -> ServerConfig:
+    """Load a server config, first creating it with defaults if it does not exist.
+
+    The created file holds a fresh random 32-byte ``secret_key`` and has mode 0600. An
+    existing file is never overwritten, even if two processes race to create it.
+    """
+    p = Path(path)
+    if create and not p.exists():
+        # FileExistsError: another process created it first; use theirs.
+        with contextlib.suppress(FileExistsError):
+            save_config(p, ServerConfig(secret_key=generate_secret()), exclusive=True)
+    return _load(p, ServerConfig)
+
+
+def save_config(
+    path: str | os.PathLike[str], config: ServerConfig | CryptoConfig, *, exclusive: bool = False
+) -> None:
+    """Write ``config`` as indented JSON with file mode 0600 (it holds a secret).
+
+    With ``exclusive``, fail with FileExistsError rather than replace an existing file.
+    """
+    data = msgspec.json.format(msgspec.json.encode(config), indent=4) + b"\n"
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
+        f.write(data)

@@ -1,0 +1,58 @@
+"""Exceptions raised by arraycrypto.
+
+Every exception of ours derives from :class:`CryptoError`, so ``except CryptoError``
+catches them all (the seed's "general encryption error")::
+
+    CryptoError
+    ├── ConfigError            a configuration file or value is invalid (caller's fault)
+    ├── AuthenticationError    the mutual handshake failed (wrong secret, bad server proof)
+    ├── SnapshotError          no usable snapshot: none yet, expired, or a ciphertext out of ttl
+    ├── DecryptionError        one opaque error for every ciphertext that does not decrypt
+    └── ProtocolError          the peer broke the wire protocol (peer's fault)
+
+No message of any of these ever contains a secret, a derived key or a MAC.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "CryptoError",
+    "DecryptionError",
+    "ProtocolError",
+    "SnapshotError",
+]
+
+
+class CryptoError(Exception):
+    """Raised for any arraycrypto failure; the root of the tree above."""
+
+
+class ConfigError(CryptoError, ValueError):
+    """Raised when a configuration file or value is invalid; the message names the field."""
+
+
+class AuthenticationError(CryptoError):
+    """Raised when the handshake fails: a wrong secret on either side, or a bad proof."""
+
+
+class SnapshotError(CryptoError):
+    """Raised when no valid, fresh snapshot is available, or a ciphertext is out of ttl."""
+
+
+class DecryptionError(CryptoError):
+    """Raised when a ciphertext does not decrypt.
+
+    Deliberately opaque: a wrong key, an unknown key id, a bad snapshot signature, a
+    truncated or tampered envelope and wrong associated data all raise this same error
+    with the same message, so a caller (or an attacker) learns nothing about which check
+    failed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("decryption failed")
+
+
+class ProtocolError(CryptoError):
+    """Raised when the peer sends something the protocol does not allow."""

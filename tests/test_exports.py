@@ -1,0 +1,77 @@
+"""The public surface: __all__ is complete, and the pure core does no I/O."""
+
+from __future__ import annotations
+
+import ast
+import types
+from pathlib import Path
+
+import pytest
+
+import arraycrypto
+
+PACKAGE = Path(arraycrypto.__file__).parent
+PURE = ["_crypto.py", "_protocol.py", "messages.py", "config.py", "exceptions.py"]
+# No event loop, no sockets, no clock in the pure core (config reads its file, nothing else).
+FORBIDDEN = {
+    "anyio",
+    "asyncio",
+    "trio",
+    "socket",
+    "ssl",
+    "selectors",
+    "websockets",
+    "time",
+    "datetime",
+    "threading",
+    "h11",
+    "httpx",
+}
+PURE_SIBLINGS = {p.removesuffix(".py") for p in PURE}
+
+
+def test_all_is_complete_and_exact() -> None:
+    public = {
+        name
+        for name, value in vars(arraycrypto).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "annotations"  # the __future__ feature
+    }
+    assert set(arraycrypto.__all__) == public
+    assert len(arraycrypto.__all__) == len(set(arraycrypto.__all__))
+    for name in arraycrypto.__all__:
+        assert getattr(arraycrypto, name).__doc__, f"{name} has no docstring"
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_modules_import_no_io(module: str) -> None:
+    tree = ast.parse((PACKAGE / module).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # a sibling: it must be pure too
+                target = (node.module or "").split(".")[0]
+                if target:
+                    assert target in PURE_SIBLINGS, f"{module} imports non-pure .{target}"
+                else:
+                    for alias in node.names:
+                        assert alias.name in PURE_SIBLINGS, f"{module} imports .{alias.name}"
+                continue
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] not in FORBIDDEN, f"{module} imports {name}"
+
+
+def test_exception_tree() -> None:
+    for name in (
+        "AuthenticationError",
+        "SnapshotError",
+        "ConfigError",
+        "DecryptionError",
+        "ProtocolError",
+    ):
+        assert issubclass(getattr(arraycrypto, name), arraycrypto.CryptoError)

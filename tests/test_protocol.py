@@ -1,0 +1,226 @@
+"""The handshake and push state machines, wired peer to peer with no sockets."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from arraycrypto import AuthenticationError, Keyring, ProtocolError
+from arraycrypto import messages as m
+from arraycrypto._protocol import (
+    Accepted,
+    ClientSession,
+    ClientState,
+    CloseCode,
+    Rejected,
+    ServerSession,
+    ServerState,
+    Violation,
+)
+
+from .helpers import OTHER, SECRET, T0, handshake
+
+
+def test_successful_handshake() -> None:
+    server, client, snapshot, verdict = handshake()
+    assert server.state is ServerState.SUBSCRIBED
+    assert client.state is ClientState.SUBSCRIBED
+    assert verdict == Accepted(snapshot)
+    assert client.session_id == "sess-1"
+    assert client.tick_interval == 1.0
+
+
+def test_wrong_client_secret_is_rejected_by_the_server() -> None:
+    # A client whose keyring has the server's key id but a wrong secret cannot exist
+    # (the key id is derived from the secret), so forge the proof directly.
+    ring = Keyring(SECRET)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    forged = m.encode(
+        m.Handshake(hash="00" * 32, nonce="11" * 32, key_id=ring.primary.key_id.hex())
+    )
+    with pytest.raises(Violation) as info:
+        server.receive_text(forged, ring.new_snapshot(1, bytes(16), T0))
+    assert info.value.code == CloseCode.AUTHENTICATION_FAILED
+    assert info.value.reason == "authentication failed"
+    assert server.state is ServerState.CLOSED
+
+
+def test_client_without_the_servers_key_fails_before_sending_anything() -> None:
+    with pytest.raises(AuthenticationError, match="not in this client's keyring"):
+        handshake(server_secret=SECRET, client_secret=OTHER)
+
+
+def test_client_proof_under_another_key_id_is_rejected() -> None:
+    ring, other = Keyring(SECRET), Keyring(OTHER)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    nonce = b"n" * 32
+    proof = other.primary.client_proof(b"c" * 32, nonce)
+    msg = m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=other.primary.key_id.hex())
+    with pytest.raises(Violation) as info:
+        server.receive_text(m.encode(msg), ring.new_snapshot(1, bytes(16), T0))
+    assert info.value.code == CloseCode.AUTHENTICATION_FAILED
+
+
+def test_replayed_proof_fails_against_a_new_challenge() -> None:
+    ring = Keyring(SECRET)
+    snapshot = ring.new_snapshot(1, bytes(16), T0)
+    first = ServerSession(ring.primary, b"a" * 32, "1", 1.0)
+    client = ClientSession(ring, b"n" * 32)
+    recorded = client.receive_text(first.challenge_message(), T0)
+    assert isinstance(recorded, bytes)
+    first.receive_text(recorded, snapshot)  # accepted once
+    second = ServerSession(ring.primary, b"b" * 32, "2", 1.0)
+    with pytest.raises(Violation) as info:
+        second.receive_text(recorded, snapshot)
+    assert info.value.code == CloseCode.AUTHENTICATION_FAILED
+
+
+def test_server_with_wrong_proof_is_an_authentication_error() -> None:
+    ring = Keyring(SECRET)
+    client = ClientSession(ring, b"n" * 32)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    client.receive_text(server.challenge_message(), T0)
+    snapshot = m.SnapshotMessage.from_snapshot(ring.new_snapshot(1, bytes(16), T0))
+    fake = m.encode(m.Welcome(proof="ab" * 32, session="s", snapshot=snapshot))
+    with pytest.raises(AuthenticationError, match="server failed to prove"):
+        client.receive_text(fake, T0)
+    assert client.state is ClientState.CLOSED
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"not json",
+        b"{}",
+        b'{"type": "nope"}',
+        b'{"type": "handshake"}',
+        b'{"type": "handshake", "hash": 1, "nonce": "", "key_id": ""}',
+        b'{"type": "handshake", "hash": "'
+        + b"A" * 64
+        + b'", "nonce": "'
+        + b"0" * 64
+        + b'", "key_id": "0011223344556677"}',
+        b'{"type": "challenge", "challenge": "' + b"0" * 64 + b'", "key_id": "0011223344556677"}',
+        b"[" * 10_000,
+    ],
+)
+def test_malformed_first_frames(payload: bytes) -> None:
+    ring = Keyring(SECRET)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    with pytest.raises(Violation) as info:
+        server.receive_text(payload, ring.new_snapshot(1, bytes(16), T0))
+    assert info.value.code == CloseCode.UNEXPECTED_MESSAGE
+
+
+def test_any_frame_after_subscription_is_unexpected() -> None:
+    server, _, snapshot, _ = handshake()
+    with pytest.raises(Violation) as info:
+        server.receive_text(b'{"type": "handshake"}', snapshot)
+    assert info.value.code == CloseCode.UNEXPECTED_MESSAGE
+
+
+def test_binary_frame() -> None:
+    ring = Keyring(SECRET)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    with pytest.raises(Violation) as info:
+        server.receive_binary()
+    assert info.value.code == CloseCode.UNSUPPORTED_DATA
+
+
+def push(client: ClientSession, ring: Keyring, tick: int, ts: int, now: int) -> object:
+    msg = m.SnapshotMessage.from_snapshot(ring.new_snapshot(tick, bytes(16), ts))
+    return client.receive_text(m.encode(msg), now)
+
+
+def test_pushed_snapshots_are_checked() -> None:
+    _, client, _, _ = handshake()
+    ring = Keyring(SECRET)
+    assert isinstance(push(client, ring, 2, T0 + 1000, T0 + 1000), Accepted)
+    assert push(client, ring, 2, T0 + 2000, T0 + 2000) == Rejected("tick 2 is not above 2")
+    late = push(client, ring, 3, T0, T0 + 60_001)
+    assert late == Rejected("timestamp outside max_drift of the local clock")
+    early = push(client, ring, 3, T0 + 60_001, T0)
+    assert isinstance(early, Rejected)
+    assert isinstance(push(client, ring, 3, T0 + 60_000, T0), Accepted)
+    assert push(client, Keyring(OTHER), 4, T0, T0) == Rejected("bad signature")
+    assert client.last_tick == 3
+
+
+def test_short_signature_rejected_by_hash_size() -> None:
+    ring = Keyring(SECRET)
+    client = ClientSession(ring, b"n" * 32, min_signature_size=32)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    reply = client.receive_text(server.challenge_message(), T0)
+    assert isinstance(reply, bytes)
+    welcome = server.receive_text(reply, ring.new_snapshot(1, bytes(16), T0, 16))
+    assert client.receive_text(welcome, T0) == Rejected("signature shorter than hash_size")
+
+
+def test_last_tick_survives_reconnection() -> None:
+    ring = Keyring(SECRET)
+    client = ClientSession(ring, b"n" * 32, last_tick=5)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    reply = client.receive_text(server.challenge_message(), T0)
+    assert isinstance(reply, bytes)
+    welcome = server.receive_text(reply, ring.new_snapshot(5, bytes(16), T0))
+    assert isinstance(client.receive_text(welcome, T0), Rejected)
+
+
+def test_error_frames_surface() -> None:
+    client = ClientSession(Keyring(SECRET), b"n" * 32)
+    auth = m.encode(m.ErrorMessage(code=4001, reason="authentication failed"))
+    with pytest.raises(AuthenticationError):
+        client.receive_text(auth, T0)
+    client = ClientSession(Keyring(SECRET), b"n" * 32)
+    with pytest.raises(ProtocolError, match="4003"):
+        client.receive_text(m.encode(m.ErrorMessage(code=4003, reason="x")), T0)
+
+
+@pytest.mark.parametrize("payload", [b"junk", b'{"type": "welcome"}', b'{"type": "snapshot"}'])
+def test_client_rejects_out_of_place_frames(payload: bytes) -> None:
+    client = ClientSession(Keyring(SECRET), b"n" * 32)
+    with pytest.raises(ProtocolError):
+        client.receive_text(payload, T0)
+
+
+def test_client_rejects_snapshot_before_welcome() -> None:
+    ring = Keyring(SECRET)
+    client = ClientSession(ring, b"n" * 32)
+    with pytest.raises(ProtocolError, match="unexpected SnapshotMessage"):
+        push(client, ring, 1, T0, T0)
+
+
+def test_client_rejects_unknown_protocol_version() -> None:
+    ring = Keyring(SECRET)
+    msg = m.Challenge(challenge="00" * 32, key_id=ring.primary.key_id.hex(), version=2)
+    with pytest.raises(ProtocolError, match="version 2"):
+        ClientSession(ring, b"n" * 32).receive_text(m.encode(msg), T0)
+
+
+def test_unknown_fields_are_ignored_for_evolution() -> None:
+    ring = Keyring(SECRET)
+    data = json.loads(
+        m.encode(m.SnapshotMessage.from_snapshot(ring.new_snapshot(1, bytes(16), T0)))
+    )
+    data["future_field"] = [1, 2, 3]
+    msg = m.decode(json.dumps(data).encode())
+    assert isinstance(msg, m.SnapshotMessage)
+    assert msg.to_snapshot() == ring.new_snapshot(1, bytes(16), T0)
+
+
+def test_wire_integers_are_json_safe() -> None:
+    msg = b'{"type":"snapshot","tick":9007199254740992,"seed":"' + b"0" * 32
+    msg += b'","timestamp":1,"key_id":"0011223344556677","signature":"' + b"0" * 32 + b'"}'
+    with pytest.raises(msgspec.ValidationError):
+        m.decode(msg)
+
+
+def test_session_inputs_are_checked() -> None:
+    ring = Keyring(SECRET)
+    with pytest.raises(ValueError, match="32 bytes"):
+        ServerSession(ring.primary, b"short", "s", 1.0)
+    with pytest.raises(ValueError, match="32 bytes"):
+        ClientSession(ring, b"short")
