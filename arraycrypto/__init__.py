@@ -12,6 +12,9 @@ from ._crypto import Snapshot as Snapshot
 from ._crypto import SnapshotCipher as SnapshotCipher
 from ._crypto import generate_secret as generate_secret
 from ._protocol import CloseCode as CloseCode
+from .client import ConnectionState as ConnectionState
+from .client import CryptoClient as CryptoClient
+from .client import SyncCryptoClient as SyncCryptoClient
 from .config import CryptoConfig as CryptoConfig
 from .config import ServerConfig as ServerConfig
 from .config import load_client_config as load_client_config
@@ -23,6 +26,8 @@ from .exceptions import CryptoError as CryptoError
 from .exceptions import DecryptionError as DecryptionError
 from .exceptions import ProtocolError as ProtocolError
 from .exceptions import SnapshotError as SnapshotError
+from .server import Server as Server
+from .server import serve as serve
 
 __version__ = "0.1.0"
 
@@ -30,18 +35,23 @@ __all__ = [
     "AuthenticationError",
     "CloseCode",
     "ConfigError",
+    "ConnectionState",
+    "CryptoClient",
     "CryptoConfig",
     "CryptoError",
     "DecryptionError",
     "Key",
     "Keyring",
     "ProtocolError",
+    "Server",
     "ServerConfig",
     "Snapshot",
     "SnapshotCipher",
     "SnapshotError",
+    "SyncCryptoClient",
     "generate_secret",
     "load_client_config",
     "load_server_config",
     "save_config",
+    "serve",
 ]

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import logging
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import msgspec
 
 from ._crypto import generate_secret
+from .config import ServerConfig, load_server_config
+from .exceptions import ConfigError
+
+logger = logging.getLogger("arraycrypto")
 
 __all__ = ["main"]
 
@@ -15,6 +25,48 @@ __all__ = ["main"]
 def _keygen(_args: argparse.Namespace) -> int:
     # Printed for the operator to paste into both config files; never logged.
     print(base64.b64encode(generate_secret()).decode())
+    return 0
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:  # one INFO line per connection is too much for a server of thousands
+        logging.getLogger("arraycrypto.server.websocket").setLevel(logging.WARNING)
+        logging.getLogger("arraycrypto.client.websocket").setLevel(logging.WARNING)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve  # the server pulls in websockets; keygen does not need it
+
+    _setup_logging(args.verbose)
+    path = Path(args.config)
+    created = not path.exists()
+    try:
+        config = load_server_config(path)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if overrides:
+            config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info("%s config %s", "created" if created else "using", path.resolve())
+
+    async def main() -> None:
+        # Listen for signals before serving, so an early SIGTERM still exits cleanly.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                await tg.start(serve, config)
+                async for signum in signals:
+                    logger.info("received %s, closing connections", signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    break
+
+    anyio.run(main, backend=args.backend)
+    logger.info("stopped")
     return 0
 
 
@@ -27,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     keygen = sub.add_parser("keygen", help="print a fresh random base64 secret_key")
     keygen.set_defaults(func=_keygen)
+
+    serve = sub.add_parser("serve", help="run the snapshot push server")
+    serve.add_argument(
+        "--config",
+        default="server_config.json",
+        help="server config file; created with a fresh secret (0600) if missing",
+    )
+    serve.add_argument("--host", help="override the config's host")
+    serve.add_argument("--port", type=int, help="override the config's port (0: any free)")
+    serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(func=_serve)
     return parser
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "load_client_config",
     "load_server_config",
     "save_config",
+    "websocket_url",
 ]
 
 _MAX_CONFIG_FILE = 1 << 20
@@ -215,3 +216,20 @@ def save_config(
     with os.fdopen(fd, "wb") as f:
         os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
         f.write(data)
+
+
+def websocket_url(server_url: str, path: str = "/ws") -> str:
+    """Return the WebSocket URL for a ``server_url`` (PROTOCOL.md, section 4).
+
+    ``http://h:p[/prefix]`` becomes ``ws://h:p[/prefix]/ws``, ``https`` becomes ``wss``;
+    a ``ws://`` or ``wss://`` URL is used as it is.
+    """
+    if server_url.startswith(("ws://", "wss://")):
+        return server_url
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if server_url.startswith(http):
+            rest = server_url[len(http) :]
+            authority, slash, prefix = rest.partition("/")
+            prefix = ("/" + prefix).rstrip("/") if slash else ""
+            return f"{ws}{authority}{prefix}{path}"
+    raise ConfigError("server URLs must start with http://, https://, ws:// or wss://")

@@ -1,0 +1,99 @@
+"""The HTTP shim's request-head parser and response builder, without I/O.
+
+The server reads the request head itself (bounded in size and time) so that every
+request gets an HTTP response: websockets' own parser silently drops a request with a
+body or a Transfer-Encoding, and answers errors in text/plain. Upgrade requests on the
+WebSocket path are then handed, head and all, to websockets' ``ServerProtocol``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, NamedTuple
+
+__all__ = ["RequestHead", "find_head_end", "parse_request_head", "response"]
+
+MAX_HEADERS: Final = 100
+_TOKEN: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+class RequestHead(NamedTuple):
+    """A parsed request line and headers (names lowercased, repeated values joined)."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        return self.target.split("?", 1)[0]
+
+    def is_websocket_upgrade(self) -> bool:
+        """Whether the client asks for a WebSocket upgrade."""
+        return "websocket" in self.headers.get("upgrade", "").lower()
+
+
+def find_head_end(buffer: bytes | bytearray) -> int:
+    """Return the length of the request head in ``buffer`` (through CRLFCRLF), or -1."""
+    end = buffer.find(b"\r\n\r\n")
+    return -1 if end < 0 else end + 4
+
+
+def parse_request_head(head: bytes) -> RequestHead:
+    """Parse an HTTP/1.x request head; raise ValueError if it is not valid."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("request head is not ASCII") from None
+    lines = text.split("\r\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise ValueError("empty request")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        raise ValueError("bad request line")
+    method, target, _ = parts
+    if not _TOKEN.match(method.encode()) or not target.startswith("/"):
+        raise ValueError("bad request line")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise ValueError("too many headers")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN.match(name.encode()):
+            raise ValueError("bad header line")
+        key = name.lower()
+        value = value.strip(" \t")
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return RequestHead(method, target, headers)
+
+
+def response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "application/json",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """Return a complete HTTP/1.1 response that closes the connection."""
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -1,0 +1,598 @@
+"""The push server: a thin anyio driver around websockets' ServerProtocol and the core.
+
+One code path for asyncio and trio. Per connection: read the HTTP request head (bounded
+in size and time); a WebSocket upgrade on the configured path goes to websockets'
+``ServerProtocol``, anything else gets a small JSON answer from the HTTP shim. A
+WebSocket session is driven by :class:`~arraycrypto._protocol.ServerSession`.
+
+Fan-out: each tick's frame is serialised **once**. Every subscribed connection has a
+one-slot mailbox and a writer task: the ticker drops the newest frame into every mailbox
+and wakes the writer; an unsent older frame is simply replaced, so a slow client never
+delays the ticker or anyone else, and what is queued for it is one frame. A writer
+blocked past ``write_timeout`` drops its client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+from anyio.streams.tls import TLSListener, TLSStream
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from . import _http
+from . import messages as m
+from ._crypto import SEED_SIZE, Keyring, Snapshot
+from ._protocol import REASONS, CloseCode, ServerSession, ServerState, Violation
+from ._transport import STREAM_ERRORS, WSConnection
+from .config import ServerConfig
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("arraycrypto.server")
+# websockets logs every connection open/close at INFO: a separate, quieter logger.
+ws_logger = logging.getLogger("arraycrypto.server.websocket")
+
+_LINGER_TIMEOUT = 1.0  # seconds to drain an unread request body before closing
+_LINGER_BYTES = 1 << 20
+_CLOSE_TIMEOUT = 2.0
+
+
+def _json(obj: Any) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+class Metrics:
+    """Counters exported on ``GET /metrics`` (Prometheus text format)."""
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.connections_active = 0
+        self.subscribed = 0
+        self.handshakes_ok = 0
+        self.handshakes_failed: dict[str, int] = {}
+        self.ticks = 0
+        self.ticks_skipped = 0
+        self.pushes = 0
+        self.dropped_slow = 0
+        self.dropped_ping = 0
+        self.rejected_full = 0
+        self.http_requests: dict[tuple[str, int], int] = {}
+        self.push_seconds_sum = 0.0
+        self.push_seconds_last = 0.0
+
+    def fail(self, reason: str) -> None:
+        """Count a failed handshake."""
+        self.handshakes_failed[reason] = self.handshakes_failed.get(reason, 0) + 1
+
+    def render(self) -> bytes:
+        """Return the Prometheus text exposition."""
+        out: list[str] = []
+
+        def metric(name: str, kind: str, doc: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP arraycrypto_{name} {doc}")
+            out.append(f"# TYPE arraycrypto_{name} {kind}")
+            for labels, value in samples:
+                out.append(f"arraycrypto_{name}{labels} {value}")
+
+        metric(
+            "connections_total",
+            "counter",
+            "TCP connections accepted.",
+            [("", self.connections_total)],
+        )
+        metric("connections", "gauge", "Open TCP connections.", [("", self.connections_active)])
+        metric(
+            "subscribed_clients",
+            "gauge",
+            "Authenticated WebSocket clients.",
+            [("", self.subscribed)],
+        )
+        metric(
+            "handshakes_ok_total", "counter", "Successful handshakes.", [("", self.handshakes_ok)]
+        )
+        metric(
+            "handshakes_failed_total",
+            "counter",
+            "Failed handshakes by reason.",
+            [(f'{{reason="{r}"}}', n) for r, n in sorted(self.handshakes_failed.items())]
+            or [('{reason="authentication"}', 0)],
+        )
+        metric("ticks_total", "counter", "Snapshots made.", [("", self.ticks)])
+        metric(
+            "ticks_skipped_total",
+            "counter",
+            "Ticks skipped because the loop stalled.",
+            [("", self.ticks_skipped)],
+        )
+        metric(
+            "pushes_total",
+            "counter",
+            "Snapshot frames handed to client writers.",
+            [("", self.pushes)],
+        )
+        metric(
+            "dropped_clients_total",
+            "counter",
+            "Clients dropped by the server.",
+            [('{reason="slow"}', self.dropped_slow), ('{reason="ping"}', self.dropped_ping)],
+        )
+        metric(
+            "rejected_full_total",
+            "counter",
+            "Connections refused at max_connections.",
+            [("", self.rejected_full)],
+        )
+        metric(
+            "http_requests_total",
+            "counter",
+            "HTTP shim requests by path and status.",
+            [
+                (f'{{path="{p}",status="{s}"}}', n)
+                for (p, s), n in sorted(self.http_requests.items())
+            ],
+        )
+        metric(
+            "push_duration_seconds_sum",
+            "counter",
+            "Time spent fanning out ticks.",
+            [("", self.push_seconds_sum)],
+        )
+        metric(
+            "push_duration_seconds_last",
+            "gauge",
+            "Fan-out time of the last tick.",
+            [("", self.push_seconds_last)],
+        )
+        return ("\n".join(out) + "\n").encode()
+
+
+class _Client:
+    """One subscribed WebSocket client: its connection and one-slot mailbox."""
+
+    __slots__ = ("conn", "last_pong", "pending", "session_id", "wake")
+
+    def __init__(self, conn: WSConnection, session_id: str) -> None:
+        self.conn = conn
+        self.session_id = session_id
+        self.pending: bytes | None = None
+        self.wake = anyio.Event()
+        self.last_pong = time.monotonic()
+
+
+class Server:
+    """The arraycrypto push server. Use :func:`serve`, or ``await server.run()``."""
+
+    def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.keyring = Keyring(config.secret_key)
+        self.metrics = Metrics()
+        self.port: int | None = None
+        self._clock = clock
+        self._started = time.monotonic()
+        self._clients: set[_Client] = set()
+        self._interval_ms = round(config.tick_interval * 1000)
+        self.snapshot: Snapshot = self._make_snapshot(self._current_tick())
+        self._encode_snapshot()
+        self._ssl: ssl.SSLContext | None = None
+        if config.tls_certfile and config.tls_keyfile:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(config.tls_certfile, config.tls_keyfile)
+
+    def __repr__(self) -> str:
+        return f"Server(port={self.port}, key_id={self.keyring.primary.key_id.hex()})"
+
+    # -- ticks ---------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _current_tick(self) -> int:
+        return self._now_ms() // self._interval_ms
+
+    def _make_snapshot(self, tick: int) -> Snapshot:
+        return self.keyring.new_snapshot(
+            tick, os.urandom(SEED_SIZE), self._now_ms(), self.config.hash_size
+        )
+
+    def _encode_snapshot(self) -> None:
+        # Encoded once per tick: the /snapshot body and the push frame every client gets.
+        self._snapshot_json = m.encode(m.SnapshotMessage.from_snapshot(self.snapshot))
+        # Server frames are unmasked and no extension is negotiated, so the frame bytes
+        # are identical for every client.
+        self._snapshot_frame = Frame(Opcode.TEXT, self._snapshot_json).serialize(mask=False)
+
+    async def _ticker(self) -> None:
+        while True:
+            # Sleep to the next wall-clock boundary of tick_interval.
+            delay = self._interval_ms - self._now_ms() % self._interval_ms
+            await anyio.sleep(delay / 1000)
+            tick = self._current_tick()
+            if tick <= self.snapshot.tick:
+                continue  # woke a hair early: the boundary has not passed yet
+            if tick > self.snapshot.tick + 1:
+                # The loop stalled: skip to now, never send a burst of stale ticks.
+                self.metrics.ticks_skipped += tick - self.snapshot.tick - 1
+            self.snapshot = self._make_snapshot(tick)
+            self._encode_snapshot()
+            self.metrics.ticks += 1
+            self._fan_out()
+
+    def _fan_out(self) -> None:
+        started = time.perf_counter()
+        frame = self._snapshot_frame
+        for client in self._clients:
+            client.pending = frame  # replaces an unsent older frame
+            client.wake.set()
+        self.metrics.pushes += len(self._clients)
+        elapsed = time.perf_counter() - started
+        self.metrics.push_seconds_last = elapsed
+        self.metrics.push_seconds_sum += elapsed
+
+    # -- listening -----------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled; report the bound port through ``task_status``.
+
+        On cancellation every client gets close code 1001 (going away), bounded in time.
+        """
+        listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(
+            local_host=self.config.host, local_port=self.config.port, reuse_port=False
+        )
+        self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+        if self._ssl is not None:
+            listener = TLSListener(
+                listener,
+                self._ssl,
+                standard_compatible=False,
+                handshake_timeout=self.config.handshake_timeout,
+            )
+        scheme = "wss" if self._ssl else "ws"
+        logger.info(
+            "listening on %s://%s:%d%s (key id %s, tick %.3fs)",
+            scheme,
+            self.config.host,
+            self.port,
+            self.config.path,
+            self.keyring.primary.key_id.hex(),
+            self.config.tick_interval,
+        )
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(self._ticker)
+            tg.start_soon(listener.serve, self._handle, tg)
+            task_status.started(self.port)
+        # Not reached: serve() runs until cancelled. On cancellation each WebSocket
+        # connection says goodbye itself (close 1001), shielded and bounded in time.
+
+    # -- one connection ------------------------------------------------------------------
+
+    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+        self.metrics.connections_total += 1
+        self.metrics.connections_active += 1
+        try:
+            if self.metrics.connections_active > self.config.max_connections:
+                self.metrics.rejected_full += 1
+                await self._http_reply(stream, "-", 503, {"error": "server full"})
+                return
+            await self._serve_connection(stream)
+        except STREAM_ERRORS:
+            pass  # the peer went away
+        except Exception:
+            logger.exception("unexpected error on a connection")
+        finally:
+            self.metrics.connections_active -= 1
+            await anyio.aclose_forcefully(stream)
+
+    async def _read_head(self, stream: anyio.abc.ByteStream) -> tuple[bytes, bytes] | int:
+        """Return (head, rest) or the HTTP status of the failure (400 or 408)."""
+        buffer = bytearray()
+        limit = self.config.http_max_request_size
+        with anyio.move_on_after(self.config.http_read_timeout):
+            while True:
+                end = _http.find_head_end(buffer)
+                if end >= 0:
+                    return bytes(buffer[:end]), bytes(buffer[end:])
+                if len(buffer) > limit:
+                    return 400
+                try:
+                    buffer += await stream.receive(limit + 4 - len(buffer) + 1)
+                except anyio.EndOfStream:
+                    return 400 if buffer else 0
+        return 408
+
+    async def _serve_connection(self, stream: anyio.abc.ByteStream) -> None:
+        got = await self._read_head(stream)
+        if got == 0:
+            return  # connected and closed without a byte
+        if isinstance(got, int):
+            error = "request timeout" if got == 408 else "bad request"
+            await self._http_reply(stream, "-", got, {"error": error})
+            return
+        head, rest = got
+        try:
+            request = _http.parse_request_head(head)
+        except ValueError:
+            await self._http_reply(stream, "-", 400, {"error": "bad request"})
+            return
+        if request.path == self.config.path and request.method == "GET":
+            if request.is_websocket_upgrade():
+                await self._websocket(stream, head + rest)
+            else:
+                await self._http_reply(
+                    stream,
+                    request.path,
+                    426,
+                    {"error": "websocket upgrade required"},
+                    request,
+                    (("Upgrade", "websocket"),),
+                )
+            return
+        await self._http_shim(stream, request)
+
+    # -- HTTP shim -----------------------------------------------------------------------
+
+    async def _http_shim(self, stream: anyio.abc.ByteStream, request: _http.RequestHead) -> None:
+        path = request.path
+        known = path in ("/snapshot", "/health", "/metrics")
+        if request.method not in ("GET", "HEAD"):
+            body: dict[str, str] = {"error": "method not allowed"}
+            if path == "/handshake":
+                body["detail"] = "the handshake is now the first WebSocket frame: see PROTOCOL.md"
+            await self._http_reply(stream, path, 405, body, request, (("Allow", "GET"),))
+        elif path == "/snapshot":
+            await self._http_reply(stream, path, 200, self._snapshot_json, request)
+        elif path == "/health":
+            health = {
+                "status": "healthy",
+                "timestamp": self._now_ms(),
+                "tick": self.snapshot.tick,
+                "connections": self.metrics.connections_active,
+                "subscribed": len(self._clients),
+                "uptime": round(time.monotonic() - self._started, 3),
+            }
+            await self._http_reply(stream, path, 200, health, request)
+        elif path == "/metrics":
+            await self._http_reply(
+                stream,
+                path,
+                200,
+                self.metrics.render(),
+                request,
+                content_type="text/plain; version=0.0.4",
+            )
+        else:
+            await self._http_reply(
+                stream, "other" if not known else path, 404, {"error": "not found"}, request
+            )
+
+    async def _http_reply(
+        self,
+        stream: anyio.abc.ByteStream,
+        path: str,
+        status: int,
+        body: bytes | dict[str, Any],
+        request: _http.RequestHead | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        content_type: str = "application/json",
+    ) -> None:
+        label = path if path in ("/snapshot", "/health", "/metrics", "/handshake") else "other"
+        key = (label, status)
+        self.metrics.http_requests[key] = self.metrics.http_requests.get(key, 0) + 1
+        payload = body if isinstance(body, bytes) else _json(body)
+        if request is not None:
+            origin = request.headers.get("origin")
+            if origin is not None and origin in self.config.cors_origins:
+                headers += (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
+        data = _http.response(status, payload, content_type=content_type, headers=headers)
+        if request is not None and request.method == "HEAD":
+            data = data[: len(data) - len(payload)]
+        with anyio.move_on_after(self.config.write_timeout):
+            await stream.send(data)
+        await self._linger(stream)
+
+    async def _linger(self, stream: anyio.abc.ByteStream) -> None:
+        # Closing a socket with unread input makes the kernel send RST, which can destroy
+        # the response before the client reads it (a POST with a body, pipelined bytes).
+        # So: half-close, then drain what the client still sends, bounded in time and size.
+        with anyio.move_on_after(_LINGER_TIMEOUT):
+            try:
+                if not isinstance(stream, TLSStream):
+                    await stream.send_eof()
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    drained += len(await stream.receive())
+            except (*STREAM_ERRORS, NotImplementedError):
+                pass
+
+    # -- WebSocket -----------------------------------------------------------------------
+
+    async def _websocket(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
+        # No extensions offered: compression would double fan-out CPU and stop the frame
+        # bytes from being identical for every client.
+        protocol = ServerProtocol(max_size=self.config.max_frame_size, logger=ws_logger)
+        conn = WSConnection(stream, protocol)
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        if not events:  # the head parsed for us, so websockets should too; be safe
+            await self._http_reply(stream, self.config.path, 400, {"error": "bad request"})
+            return
+        request = events[0]
+        response = protocol.accept(request)  # type: ignore[arg-type]
+        if response.status_code != 101:
+            await self._http_reply(
+                stream, self.config.path, 400, {"error": "invalid websocket handshake"}
+            )
+            return
+        protocol.send_response(response)
+        session_id = secrets.token_hex(6)
+        session = ServerSession(
+            self.keyring.primary, os.urandom(32), session_id, self.config.tick_interval
+        )
+        protocol.send_text(session.challenge_message())
+        try:
+            await conn.flush()
+            if await self._handshake(conn, session):
+                await self._subscribed(conn, session)
+        except anyio.get_cancelled_exc_class():
+            # The server is stopping: tell the client (1001), shielded and bounded.
+            await conn.close(CloseCode.GOING_AWAY, REASONS[CloseCode.GOING_AWAY], 1.0)
+            raise
+
+    async def _subscribed(self, conn: WSConnection, session: ServerSession) -> None:
+        session_id = session.session_id
+        client = _Client(conn, session_id)
+        self._clients.add(client)
+        self.metrics.subscribed = len(self._clients)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, client, tg.cancel_scope)
+                await self._reader(client, session)
+                tg.cancel_scope.cancel()
+        finally:
+            self._clients.discard(client)
+            self.metrics.subscribed = len(self._clients)
+            logger.debug("session %s ended", session_id)
+
+    async def _handshake(self, conn: WSConnection, session: ServerSession) -> bool:
+        """Run the handshake phase; return True once the client is subscribed."""
+        protocol = conn.protocol
+        with anyio.move_on_after(self.config.handshake_timeout):
+            while session.state is ServerState.CHALLENGED:
+                if not await conn.receive():
+                    self.metrics.fail("disconnected")
+                    return False
+                for event in protocol.events_received():
+                    if not isinstance(event, Frame):
+                        continue
+                    try:
+                        welcome = self._dispatch(session, event)
+                    except Violation as exc:
+                        self.metrics.fail(
+                            "authentication"
+                            if exc.code == CloseCode.AUTHENTICATION_FAILED
+                            else "protocol"
+                        )
+                        logger.info("session %s: %s", session.session_id, exc)
+                        await self._violation(conn, exc.code)
+                        return False
+                    if welcome is not None:
+                        protocol.send_text(welcome)
+                        await conn.flush()
+                        self.metrics.handshakes_ok += 1
+                        logger.debug("session %s subscribed", session.session_id)
+                        return True
+                if protocol.state is not State.OPEN:
+                    self.metrics.fail("protocol")  # framing error, close, oversize
+                    await conn.close(CloseCode.PROTOCOL_ERROR, "", _CLOSE_TIMEOUT)
+                    return False
+        self.metrics.fail("timeout")
+        logger.info("session %s: handshake timeout", session.session_id)
+        await self._violation(conn, CloseCode.HANDSHAKE_TIMEOUT)
+        return False
+
+    def _dispatch(self, session: ServerSession, frame: Frame) -> bytes | None:
+        """Map one frame to the session; raise Violation for anything not allowed."""
+        if frame.opcode is Opcode.TEXT:
+            if not frame.fin:  # we never fragment and accept no fragments
+                raise Violation(CloseCode.UNEXPECTED_MESSAGE)
+            return session.receive_text(bytes(frame.data), self.snapshot)
+        if frame.opcode is Opcode.BINARY:
+            session.receive_binary()
+        if frame.opcode is Opcode.CONT:
+            raise Violation(CloseCode.UNEXPECTED_MESSAGE)
+        return None  # PING (answered by the protocol), PONG, CLOSE
+
+    async def _violation(self, conn: WSConnection, code: CloseCode) -> None:
+        if code >= 4000 and conn.protocol.state is State.OPEN:
+            conn.protocol.send_text(m.encode(m.ErrorMessage(code=int(code), reason=REASONS[code])))
+        await conn.close(code, REASONS[code], _CLOSE_TIMEOUT)
+
+    async def _reader(self, client: _Client, session: ServerSession) -> None:
+        conn = client.conn
+        protocol = conn.protocol
+        while True:
+            if not await conn.receive():
+                return
+            for event in protocol.events_received():
+                if not isinstance(event, Frame):
+                    continue
+                if event.opcode is Opcode.PONG:
+                    client.last_pong = time.monotonic()
+                    continue
+                try:
+                    self._dispatch(session, event)
+                except Violation as exc:
+                    logger.info("session %s: %s", client.session_id, exc)
+                    await self._violation(conn, exc.code)
+                    return
+            if protocol.state is not State.OPEN:
+                # A close from the client (echoed by the protocol) or a framing error
+                # (1002/1009, sent by the protocol): finish the closing handshake.
+                await conn.close(CloseCode.NORMAL_CLOSURE, "", _CLOSE_TIMEOUT)
+                return
+
+    async def _writer(self, client: _Client, scope: anyio.CancelScope) -> None:
+        conn = client.conn
+        interval = self.config.ping_interval
+        last_ping = time.monotonic()
+        awaiting_pong = False
+        while True:
+            deadline = last_ping + (self.config.ping_timeout if awaiting_pong else interval)
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                await client.wake.wait()
+            now = time.monotonic()
+            if awaiting_pong:
+                if client.last_pong >= last_ping:
+                    awaiting_pong = False
+                elif now >= deadline:
+                    self.metrics.dropped_ping += 1
+                    logger.info("session %s: no pong, dropping", client.session_id)
+                    await conn.aclose()
+                    scope.cancel()
+                    return
+            if conn.protocol.state is not State.OPEN:
+                return  # the reader is finishing a close: never push after a close frame
+            frame = client.pending
+            client.pending = None
+            if client.wake.is_set():
+                client.wake = anyio.Event()
+            try:
+                with anyio.fail_after(self.config.write_timeout):
+                    if frame is not None:
+                        await conn.send_raw(frame)
+                    if not awaiting_pong and now - last_ping >= interval:
+                        conn.protocol.send_ping(secrets.token_bytes(4))
+                        await conn.flush()
+                        last_ping, awaiting_pong = now, True
+            except TimeoutError:
+                self.metrics.dropped_slow += 1
+                logger.info("session %s: writes blocked, dropping", client.session_id)
+                await conn.aclose()
+                scope.cancel()
+                return
+            except STREAM_ERRORS:
+                scope.cancel()
+                return
+
+
+async def serve(
+    config: ServerConfig, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Run a server for ``config`` until cancelled.
+
+    Use ``port = await task_group.start(serve, config)`` to learn the bound port (for
+    ``port: 0``). Cancelling the task group stops it; clients get close code 1001.
+    """
+    await Server(config).run(task_status=task_status)

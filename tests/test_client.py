@@ -1,0 +1,380 @@
+"""CryptoClient against the real server on 127.0.0.1, under asyncio and trio."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from arraycrypto import (
+    AuthenticationError,
+    ConfigError,
+    ConnectionState,
+    CryptoClient,
+    CryptoConfig,
+    CryptoError,
+    DecryptionError,
+    Keyring,
+    ServerConfig,
+    SnapshotError,
+    SyncCryptoClient,
+    save_config,
+)
+
+from .helpers import OTHER, SECRET
+from .netutil import HOST, running_server, serve_process, server_config
+
+pytestmark = pytest.mark.anyio
+EXAMPLES = Path(__file__).parent / "seed_examples"
+
+
+def client_config(port: int, **overrides: Any) -> CryptoConfig:
+    base: dict[str, Any] = {
+        "server_url": f"http://{HOST}:{port}",
+        "secret_key": SECRET,
+        "snapshot_timeout": 5.0,
+        "connect_timeout": 5.0,
+        "reconnect_max_delay": 0.5,
+    }
+    base.update(overrides)
+    return CryptoConfig(**base)
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+async def test_encrypt_decrypt_str_bytes_and_megabytes() -> None:
+    async with running_server() as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port)) as client:
+            await client.authenticate()
+            assert client.state is ConnectionState.CONNECTED
+            token = await client.encrypt_message("Your secret message")
+            assert await client.decrypt_message(token) == b"Your secret message"
+            token = await client.encrypt_message(b"\x00\xffbinary")
+            assert await client.decrypt_message(token) == b"\x00\xffbinary"
+            big = os.urandom(3 * 1024 * 1024)
+            token = await client.encrypt_message(big, b"ad")
+            assert await client.decrypt_message(token, b"ad") == big
+            assert client.decrypt(client.encrypt("sync", b"x"), b"x") == b"sync"
+            with pytest.raises(DecryptionError):
+                await client.decrypt_message(token[:-1], b"ad")
+            with pytest.raises(DecryptionError):
+                await client.decrypt_message(b"foreign data")
+
+
+async def test_ciphertext_crosses_clients_and_decrypts_offline() -> None:
+    async with running_server() as server:
+        assert server.port
+        async with (
+            CryptoClient(client_config(server.port)) as a,
+            CryptoClient(client_config(server.port)) as b,
+        ):
+            token = await a.encrypt_message("shared", b"ctx")
+            assert await b.decrypt_message(token, b"ctx") == b"shared"
+    # no server at all: the keyring alone decrypts it
+    assert Keyring(SECRET).decrypt(token, b"ctx") == b"shared"
+
+
+async def test_ttl_on_decrypt() -> None:
+    async with running_server() as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port)) as client:
+            token = await client.encrypt_message("x")
+            assert await client.decrypt_message(token, ttl=60) == b"x"
+            await anyio.sleep(0.05)
+            with pytest.raises(SnapshotError, match="ttl"):
+                await client.decrypt_message(token, ttl=0.001)
+
+
+async def test_wrong_secret_is_an_authentication_error() -> None:
+    async with running_server() as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port, secret_key=OTHER)) as client:
+            with pytest.raises(AuthenticationError):
+                await client.authenticate()
+            with pytest.raises(AuthenticationError):
+                await client.encrypt_message("x")
+            assert client.state is not ConnectionState.CONNECTED
+
+
+async def test_server_proof_checked_with_old_keys_in_keyring() -> None:
+    # The client's primary is new, the server still uses the old secret, which the
+    # client keeps in old_secret_keys: the client proves and verifies with that key.
+    async with running_server() as server:
+        assert server.port
+        config = client_config(server.port, secret_key=OTHER, old_secret_keys=[SECRET])
+        async with CryptoClient(config) as client:
+            await client.authenticate()
+            token = await client.encrypt_message("x")
+            assert Keyring(SECRET).decrypt(token) == b"x"
+
+
+async def test_watch_yields_increasing_verified_snapshots() -> None:
+    async with running_server() as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port)) as client:
+            ticks = []
+            with anyio.fail_after(10):
+                async for snapshot in client.watch():
+                    assert Keyring(SECRET).verify_snapshot(snapshot)
+                    ticks.append(snapshot.tick)
+                    if len(ticks) == 4:
+                        break
+            assert ticks == sorted(set(ticks))
+            assert client.snapshot is not None
+            assert client.snapshot.tick >= ticks[-1]
+
+
+async def test_watch_ends_when_the_client_closes() -> None:
+    async with running_server() as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port)) as client:
+            seen = 0
+            with anyio.fail_after(10):
+                async for _ in client.watch():
+                    seen += 1
+                    if seen == 2:
+                        await client.close()
+            assert seen == 2
+            assert client.closed
+
+
+async def test_failover_to_the_second_url() -> None:
+    # A port that refuses connections: bind a listener, note its port, close it.
+    listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0)
+    dead_port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    async with running_server() as server:
+        assert server.port
+        config = client_config(
+            dead_port, server_urls=[f"ws://{HOST}:{server.port}/ws"], reconnect_max_delay=0.2
+        )
+        async with CryptoClient(config) as client:
+            await client.authenticate()
+            assert client.server_url == f"ws://{HOST}:{server.port}/ws"
+
+
+async def test_before_first_snapshot_encrypt_waits_then_fails() -> None:
+    listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    config = client_config(port, snapshot_timeout=0.3, reconnect_max_delay=0.1)
+    async with CryptoClient(config) as client:
+        with pytest.raises(SnapshotError, match="no snapshot"):
+            client.encrypt("x")  # sync: never waits
+        started = time.monotonic()
+        with pytest.raises(SnapshotError, match="no snapshot"):
+            await client.encrypt_message("x")
+        assert 0.25 < time.monotonic() - started < 3
+        # decryption still works without any server
+        assert (
+            client.decrypt(
+                Keyring(SECRET).encrypt(Keyring(SECRET).new_snapshot(1, bytes(16), 1), b"m")
+            )
+            == b"m"
+        )
+
+
+async def test_outside_context_is_a_clear_error() -> None:
+    client = CryptoClient(client_config(1))
+    with pytest.raises(CryptoError, match="async with"):
+        client.encrypt("x")
+    with pytest.raises(CryptoError, match="async with"):
+        await client.encrypt_message("x")
+    assert "secret" not in repr(client).lower() or "<hidden>" in repr(client)
+
+
+async def test_client_from_config_file(tmp_path: Path) -> None:
+    async with running_server() as server:
+        assert server.port
+        path = tmp_path / "client_config.json"
+        save_config(path, client_config(server.port))
+        async with CryptoClient(path) as client:
+            await client.authenticate()
+            assert await client.decrypt_message(await client.encrypt_message("f")) == b"f"
+        with pytest.raises(ConfigError):
+            CryptoClient(tmp_path / "missing.json")
+
+
+async def test_dead_server_detected_by_silence() -> None:
+    # A server whose ticks are far apart looks dead after ~3 intervals of silence:
+    # a TCP proxy-free check, by freezing the server's ticker.
+    config = server_config(tick_interval=0.2)
+    async with running_server(config) as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port)) as client:
+            await client.authenticate()
+            first_session = client.session_id
+            server._fan_out = lambda: None  # type: ignore[method-assign]  # pushes stop
+            await wait_for(lambda: client.session_id != first_session, timeout=10)
+            await client.authenticate()
+
+
+# -- the real server process: restart, outage --------------------------------------------
+
+
+def write_server_config(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "server_config.json"
+    save_config(path, ServerConfig(secret_key=SECRET, tick_interval=0.1, **overrides))
+    return path
+
+
+async def test_server_restart_is_transparent(tmp_path: Path, anyio_backend: str) -> None:
+    path = write_server_config(tmp_path)
+    with serve_process("--config", str(path), "--backend", anyio_backend) as (proc, port, _):
+        async with CryptoClient(client_config(port, max_drift=30)) as client:
+            await client.authenticate()
+            before = await client.encrypt_message("before")
+            first_tick = client.snapshot.tick if client.snapshot else 0
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            await wait_for(lambda: client.state is not ConnectionState.CONNECTED)
+            # the cached snapshot keeps encryption going while the server is away
+            during = client.encrypt("during")
+            with serve_process("--config", str(path), port=port) as _:
+                await wait_for(lambda: client.state is ConnectionState.CONNECTED)
+                await wait_for(
+                    lambda: client.snapshot is not None and client.snapshot.tick > first_tick + 1
+                )
+                after = await client.encrypt_message("after")
+            for token, text in ((before, b"before"), (during, b"during"), (after, b"after")):
+                assert await client.decrypt_message(token) == text
+
+
+async def test_outage_longer_than_max_drift_then_recovery(tmp_path: Path) -> None:
+    path = write_server_config(tmp_path)
+    with serve_process("--config", str(path)) as (proc, port, _):
+        config = client_config(port, max_drift=1.0, snapshot_timeout=0.2)
+        async with CryptoClient(config) as client:
+            await client.authenticate()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            await wait_for(lambda: client.state is not ConnectionState.CONNECTED)
+            assert client.snapshot is not None
+            stamp = client.snapshot.timestamp / 1000
+
+            def age() -> float:
+                return time.time() - stamp
+
+            while age() < 0.8:
+                client.encrypt("x")  # the cached snapshot serves until max_drift
+                await anyio.sleep(0.05)
+            await anyio.sleep(max(0.0, 1.1 - age()))
+            with pytest.raises(SnapshotError, match=r"expired snapshot.*unreachable for"):
+                client.encrypt("x")
+            with pytest.raises(SnapshotError, match="expired"):
+                await client.encrypt_message("x")
+            with serve_process("--config", str(path), port=port):
+                await wait_for(lambda: client.state is ConnectionState.CONNECTED)
+                token = await client.encrypt_message("back")
+                assert client.decrypt(token) == b"back"
+
+
+# -- SyncCryptoClient --------------------------------------------------------------------
+
+
+def test_sync_client_from_eight_threads(tmp_path: Path) -> None:
+    path = write_server_config(tmp_path)
+    with (
+        serve_process("--config", str(path)) as (_, port, _),
+        SyncCryptoClient(client_config(port)) as client,
+    ):
+        client.authenticate()
+        errors: list[BaseException] = []
+        results: dict[int, int] = {}
+
+        def work(n: int) -> None:
+            try:
+                for i in range(200):
+                    data = f"{n}-{i}".encode()
+                    assert client.decrypt_message(client.encrypt_message(data)) == data
+                results[n] = 200
+            except BaseException as exc:  # collected and re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+        assert results == {n: 200 for n in range(8)}
+
+
+# -- the seed's README examples ----------------------------------------------------------
+
+
+def run_example(
+    name: str, cwd: Path, *args: str, text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    source = text if text is not None else (EXAMPLES / name).read_text()
+    script = cwd / name
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_seed_example_with_config_file(tmp_path: Path) -> None:
+    path = write_server_config(tmp_path)
+    with serve_process("--config", str(path)) as (_, port, _):
+        save_config(tmp_path / "client_config.json", client_config(port))
+        result = run_example("example_file_config.py", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Your secret message\n"
+
+
+def test_seed_example_with_direct_config(tmp_path: Path) -> None:
+    result = run_example("example_direct_config.py", tmp_path)
+    assert result.returncode == 1
+    assert "ConfigError" in result.stderr
+    assert "secret_key" in result.stderr
+    # With a 16-byte key and nothing listening on :8000 the example, whose body is
+    # `pass`, enters and leaves the client cleanly.
+    source = (EXAMPLES / "example_direct_config.py").read_text()
+    fixed = source.replace('b"your_secret_key"', 'b"your_secret_key!"')
+    assert fixed != source
+    result = run_example("example_direct_config.py", tmp_path, text=fixed)
+    assert result.returncode == 0, result.stderr
+
+
+def test_seed_error_handling_example(tmp_path: Path) -> None:
+    path = write_server_config(tmp_path)
+    with serve_process("--config", str(path)) as (_, port, _):
+        good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+        save_config(good, client_config(port))
+        save_config(bad, client_config(port, secret_key=OTHER))
+        ok = run_example("example_errors.py", tmp_path, str(good))
+        failed = run_example("example_errors.py", tmp_path, str(bad))
+        expired = run_example("example_errors.py", tmp_path, str(_unreachable_config(tmp_path)))
+    assert (ok.returncode, ok.stdout) == (0, ""), ok.stderr
+    assert failed.stdout == "Authentication failed\n", failed.stderr
+    assert expired.stdout == "Invalid or expired snapshot\n", expired.stderr
+
+
+def _unreachable_config(tmp_path: Path) -> Path:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "unreachable.json"
+    save_config(path, client_config(port, snapshot_timeout=0.5))
+    return path

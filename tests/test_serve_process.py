@@ -1,0 +1,99 @@
+"""The real ``arraycrypto serve`` process: config creation, answering, SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from arraycrypto import CloseCode, load_server_config
+
+from .netutil import RawClient, http_get, serve_process
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_creates_config_answers_and_stops_cleanly(
+    tmp_path: Path, signum: signal.Signals, anyio_backend: str
+) -> None:
+    config_path = tmp_path / "server_config.json"
+    with serve_process("--config", str(config_path), "--backend", anyio_backend) as (
+        proc,
+        port,
+        seen,
+    ):
+        assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+        config = load_server_config(config_path, create=False)
+        assert len(config.secret_key) == 32
+        status, _, body = await http_get(port, "/health")
+        assert status == 200
+        assert json.loads(body)["status"] == "healthy"
+
+        from arraycrypto import Keyring
+
+        client = await RawClient.connect(port)
+        await client.handshake(Keyring(config.secret_key))
+        proc.send_signal(signum)
+        close = await client.wait_closed(timeout=5)
+        assert close is not None
+        assert close.code == CloseCode.GOING_AWAY
+        started = time.monotonic()
+        with anyio.fail_after(5):
+            while proc.poll() is None:
+                await anyio.sleep(0.02)
+        assert proc.returncode == 0
+        assert time.monotonic() - started < 3
+        assert proc.stdout is not None
+        output = "".join(seen) + proc.stdout.read()
+    secret_b64 = json.loads(config_path.read_text())["secret_key"]
+    assert secret_b64 not in output
+    assert f"created config {config_path}" in output
+
+
+def test_serve_keeps_an_existing_config(tmp_path: Path) -> None:
+    config_path = tmp_path / "c.json"
+    first = load_server_config(config_path)
+    with serve_process("--config", str(config_path)) as (proc, _, _):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert load_server_config(config_path).secret_key == first.secret_key
+
+
+def test_serve_rejects_a_broken_config(tmp_path: Path) -> None:
+    config_path = tmp_path / "c.json"
+    config_path.write_text('{"secret_key": "AAAA", "port": "x"}')
+    result = subprocess.run(
+        [sys.executable, "-m", "arraycrypto", "serve", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "c.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keygen_prints_a_fresh_32_byte_secret() -> None:
+    import base64
+
+    out = [
+        subprocess.run(
+            [sys.executable, "-m", "arraycrypto", "keygen"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert out[0] != out[1]
+    assert all(len(base64.b64decode(o, validate=True)) == 32 for o in out)

@@ -1,0 +1,364 @@
+"""The server over real sockets on 127.0.0.1, under asyncio and trio."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import anyio
+import pytest
+
+from arraycrypto import CloseCode, Keyring
+from arraycrypto import messages as m
+
+from .helpers import OTHER, SECRET
+from .netutil import (
+    HOST,
+    RawClient,
+    current_ms,
+    http_get,
+    http_request,
+    running_server,
+    server_config,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_handshake_then_consecutive_signed_ticks() -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        first = await client.handshake()
+        ring = Keyring(SECRET)
+        ticks = [first.tick]
+        for _ in range(5):
+            msg = await client.recv_message()
+            assert isinstance(msg, m.SnapshotMessage)
+            snap = msg.to_snapshot()
+            assert ring.verify_snapshot(snap)
+            assert abs(snap.timestamp - current_ms()) < 2000
+            ticks.append(snap.tick)
+        assert ticks == sorted(set(ticks))  # strictly increasing
+        assert ticks[-1] - ticks[0] <= 7  # consecutive (a slow CI may skip one or two)
+        assert server.metrics.handshakes_ok == 1
+        await client.aclose()
+
+
+async def test_challenge_is_fresh_and_names_the_key() -> None:
+    async with running_server() as server:
+        assert server.port
+        a = await RawClient.connect(server.port)
+        b = await RawClient.connect(server.port)
+        ca, cb = await a.recv_message(), await b.recv_message()
+        assert isinstance(ca, m.Challenge)
+        assert isinstance(cb, m.Challenge)
+        assert ca.challenge != cb.challenge
+        assert ca.key_id == Keyring(SECRET).primary.key_id.hex()
+        assert ca.tick_interval == 0.1
+        await a.aclose()
+        await b.aclose()
+
+
+async def expect_close(client: RawClient, code: int, error: bool = True) -> None:
+    if error:
+        msg = await client.recv_message()
+        assert isinstance(msg, m.ErrorMessage)
+        assert msg.code == code
+    close = await client.wait_closed()
+    assert close is not None
+    assert close.code == code
+
+
+async def test_wrong_proof_is_4001() -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        challenge = await client.recv_message()
+        assert isinstance(challenge, m.Challenge)
+        forged = m.Handshake(hash="00" * 32, nonce="11" * 32, key_id=challenge.key_id)
+        await client.send_text(m.encode(forged))
+        await expect_close(client, CloseCode.AUTHENTICATION_FAILED)
+        assert server.metrics.handshakes_failed == {"authentication": 1}
+
+
+async def test_proof_with_another_secret_is_4001() -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        challenge = await client.recv_message()
+        assert isinstance(challenge, m.Challenge)
+        other = Keyring(OTHER).primary
+        nonce = os.urandom(32)
+        proof = other.client_proof(bytes.fromhex(challenge.challenge), nonce)
+        msg = m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=challenge.key_id)
+        await client.send_text(m.encode(msg))
+        await expect_close(client, CloseCode.AUTHENTICATION_FAILED)
+
+
+async def test_replayed_proof_from_an_earlier_connection_is_4001() -> None:
+    async with running_server() as server:
+        assert server.port
+        first = await RawClient.connect(server.port)
+        challenge = await first.recv_message()
+        assert isinstance(challenge, m.Challenge)
+        key = Keyring(SECRET).primary
+        nonce = os.urandom(32)
+        proof = key.client_proof(bytes.fromhex(challenge.challenge), nonce)
+        recorded = m.encode(
+            m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=challenge.key_id)
+        )
+        await first.send_text(recorded)
+        assert isinstance(await first.recv_message(), m.Welcome)
+        second = await RawClient.connect(server.port)
+        await second.recv_message()  # its own, different challenge
+        await second.send_text(recorded)
+        await expect_close(second, CloseCode.AUTHENTICATION_FAILED)
+        await first.aclose()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"not json", b"{}", b'{"type":"nope"}', b'{"type":"handshake","hash":1}', b"[]"],
+)
+async def test_malformed_first_frame_is_4003(payload: bytes) -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.recv_message()
+        await client.send_text(payload)
+        await expect_close(client, CloseCode.UNEXPECTED_MESSAGE)
+
+
+async def test_frame_after_handshake_is_4003_and_others_keep_going() -> None:
+    async with running_server() as server:
+        assert server.port
+        good = await RawClient.connect(server.port)
+        await good.handshake()
+        bad = await RawClient.connect(server.port)
+        await bad.handshake()
+        await bad.send_text(b'{"type":"handshake"}')
+        await expect_close(bad, CloseCode.UNEXPECTED_MESSAGE)
+        for _ in range(3):
+            assert isinstance(await good.recv_message(), m.SnapshotMessage)
+        await good.aclose()
+
+
+async def test_binary_frame_is_1003() -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.recv_message()
+        await client.send_binary(b"\x00\x01")
+        await expect_close(client, CloseCode.UNSUPPORTED_DATA, error=False)
+
+
+async def test_fragmented_frame_is_4003() -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.recv_message()
+        client.protocol.send_text(b'{"type":', fin=False)
+        await client.conn.flush()
+        await expect_close(client, CloseCode.UNEXPECTED_MESSAGE)
+
+
+async def test_oversize_frame_is_1009() -> None:
+    async with running_server(server_config(max_frame_size=1024)) as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.recv_message()
+        await client.send_text(b"x" * 2000)
+        close = await client.wait_closed()
+        assert close is not None
+        assert close.code == CloseCode.MESSAGE_TOO_BIG
+        assert server.metrics.handshakes_failed == {"protocol": 1}
+
+
+async def test_no_handshake_within_timeout_is_4002() -> None:
+    async with running_server(server_config(handshake_timeout=0.3)) as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        assert isinstance(await client.recv_message(), m.Challenge)
+        await expect_close(client, CloseCode.HANDSHAKE_TIMEOUT)
+        assert server.metrics.handshakes_failed == {"timeout": 1}
+
+
+async def test_client_close_is_answered() -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.handshake()
+        client.protocol.send_close(1000, "bye")
+        await client.conn.flush()
+        close = await client.wait_closed()
+        assert close is not None
+        assert close.code == 1000
+        with anyio.fail_after(5):
+            while server.metrics.subscribed:
+                await anyio.sleep(0.01)
+
+
+async def test_unauthenticated_peer_receives_only_the_challenge() -> None:
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        assert isinstance(await client.recv_message(), m.Challenge)
+        with anyio.move_on_after(0.5):  # five ticks pass; nothing else may arrive
+            await client.recv_text(timeout=1)
+            pytest.fail("an unauthenticated peer received a frame")
+        await client.aclose()
+
+
+async def test_stalled_client_does_not_delay_others_and_is_dropped() -> None:
+    config = server_config(tick_interval=0.05, ping_interval=0.2, ping_timeout=0.3)
+    async with running_server(config) as server:
+        assert server.port
+        stalled = await RawClient.connect(server.port)
+        await stalled.handshake()  # then never reads again
+        good = await RawClient.connect(server.port)
+        await good.handshake()
+        lateness = []
+        for _ in range(20):
+            msg = await good.recv_message(timeout=2)
+            assert isinstance(msg, m.SnapshotMessage)
+            lateness.append(current_ms() - msg.timestamp)
+        assert sorted(lateness)[len(lateness) // 2] < 200  # median delivery, generous for CI
+        with anyio.fail_after(5):
+            while server.metrics.dropped_ping == 0:
+                assert isinstance(await good.recv_message(), m.SnapshotMessage)
+        assert server.metrics.subscribed == 1
+        await stalled.aclose()
+        await good.aclose()
+
+
+async def test_server_full_is_503() -> None:
+    async with running_server(server_config(max_connections=1)) as server:
+        assert server.port
+        holder = await RawClient.connect(server.port)
+        await holder.handshake()
+        status, _, body = await http_get(server.port, "/health")
+        assert status == 503
+        assert json.loads(body) == {"error": "server full"}
+        await holder.aclose()
+
+
+# -- HTTP shim ---------------------------------------------------------------------------
+
+
+async def test_http_snapshot_health_metrics() -> None:
+    async with running_server() as server:
+        assert server.port
+        status, headers, body = await http_get(server.port, "/snapshot")
+        assert status == 200
+        assert headers["content-type"] == "application/json"
+        msg = m.decode(body)
+        assert isinstance(msg, m.SnapshotMessage)
+        assert Keyring(SECRET).verify_snapshot(msg.to_snapshot())
+        assert {"tick", "seed", "timestamp", "signature"} <= set(json.loads(body))
+
+        status, _, body = await http_get(server.port, "/health?verbose=1")
+        health = json.loads(body)
+        assert status == 200
+        assert health["status"] == "healthy"
+        assert abs(health["timestamp"] - current_ms()) < 5000
+        assert health["tick"] >= msg.tick
+        assert health["connections"] == 1  # this request
+        assert health["subscribed"] == 0
+
+        client = await RawClient.connect(server.port)
+        await client.handshake()
+        status, headers, body = await http_get(server.port, "/metrics")
+        assert status == 200
+        assert headers["content-type"].startswith("text/plain")
+        text = body.decode()
+        assert "arraycrypto_subscribed_clients 1" in text
+        assert "arraycrypto_handshakes_ok_total 1" in text
+        assert "# TYPE arraycrypto_ticks_total counter" in text
+        await client.aclose()
+
+
+async def test_http_errors_are_json() -> None:
+    async with running_server() as server:
+        port = server.port
+        assert port
+        status, _, body = await http_get(port, "/nope")
+        assert (status, json.loads(body)) == (404, {"error": "not found"})
+        status, headers, _ = await http_request(port, b"DELETE /snapshot HTTP/1.1\r\n\r\n")
+        assert status == 405
+        assert headers["allow"] == "GET"
+        status, _, body = await http_get(port, "/ws")
+        assert status == 426
+        assert json.loads(body)["error"] == "websocket upgrade required"
+        for garbage in (b"\x00\x01\x02garbage\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9\r\n\r\n"):
+            status, _, body = await http_request(port, garbage)
+            assert (status, json.loads(body)) == (400, {"error": "bad request"})
+
+
+@pytest.mark.parametrize("body", [b"", b'{"hash": "00"}', b"x" * 100_000])
+async def test_seed_post_handshake_with_a_body_gets_405(body: bytes) -> None:
+    async with running_server() as server:
+        assert server.port
+        raw = (
+            b"POST /handshake HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        status, _, reply = await http_request(server.port, raw)
+        assert status == 405
+        assert "first WebSocket frame" in json.loads(reply)["detail"]
+
+
+async def test_chunked_body_gets_a_reply() -> None:
+    async with running_server() as server:
+        assert server.port
+        raw = (
+            b"POST /snapshot HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        status, _, _ = await http_request(server.port, raw)
+        assert status == 405
+
+
+async def test_oversize_headers_get_400() -> None:
+    async with running_server(server_config(http_max_request_size=1024)) as server:
+        assert server.port
+        raw = b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+        status, _, body = await http_request(server.port, raw)
+        assert (status, json.loads(body)) == (400, {"error": "bad request"})
+
+
+async def test_slow_loris_gets_408() -> None:
+    async with running_server(server_config(http_read_timeout=0.3)) as server:
+        assert server.port
+        status, _, body = await http_request(server.port, b"GET /health HTTP/1.1\r\nHost:")
+        assert (status, json.loads(body)) == (408, {"error": "request timeout"})
+
+
+async def test_cors_only_for_listed_origins() -> None:
+    config = server_config(cors_origins=["https://ok.example"])
+    async with running_server(config) as server:
+        assert server.port
+        _, headers, _ = await http_get(server.port, "/snapshot", Origin="https://ok.example")
+        assert headers["access-control-allow-origin"] == "https://ok.example"
+        _, headers, _ = await http_get(server.port, "/snapshot", Origin="https://evil.example")
+        assert "access-control-allow-origin" not in headers
+        _, headers, _ = await http_get(server.port, "/snapshot")
+        assert "access-control-allow-origin" not in headers
+
+
+async def test_silent_connections_are_closed_and_counted() -> None:
+    async with running_server(server_config(http_read_timeout=0.2)) as server:
+        assert server.port
+        streams = [await anyio.connect_tcp(HOST, server.port) for _ in range(5)]
+        for s in streams:
+            with anyio.fail_after(5):
+                data = b""
+                try:
+                    while True:
+                        data += await s.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+            assert data.startswith(b"HTTP/1.1 408")
+            await s.aclose()
+        with anyio.fail_after(5):
+            while server.metrics.connections_active:
+                await anyio.sleep(0.01)
