@@ -14,8 +14,8 @@ import anyio
 import msgspec
 
 from ._crypto import generate_secret
-from .config import ServerConfig, load_server_config
-from .exceptions import ConfigError
+from .config import CryptoConfig, ServerConfig, load_client_config, load_server_config
+from .exceptions import ConfigError, CryptoError
 
 logger = logging.getLogger("arraycrypto")
 
@@ -28,9 +28,9 @@ def _keygen(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, level: int = logging.INFO) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -70,6 +70,77 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_main(args: argparse.Namespace) -> int:
+    """Run encrypt / decrypt / watch; map our errors to a message and exit code 1."""
+    _setup_logging(args.verbose, level=logging.WARNING)
+    try:
+        config = load_client_config(args.config)
+    except ConfigError as exc:
+        print(f"arraycrypto: {exc}", file=sys.stderr)
+        return 2
+    try:
+        code: int = args.client_func(args, config)
+        return code
+    except CryptoError as exc:
+        print(f"arraycrypto: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
+    from .client import CryptoClient
+
+    data = sys.stdin.buffer.read()
+
+    async def main() -> bytes:
+        async with CryptoClient(config) as client:
+            return await client.encrypt_message(data, args.associated_data.encode())
+
+    sys.stdout.buffer.write(anyio.run(main))
+    return 0
+
+
+def _decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
+    # Offline: the keyring alone decrypts; no server is contacted.
+    import time
+
+    from ._crypto import Keyring
+
+    keyring = Keyring(config.secret_key, old=config.old_secret_keys)
+    now_ms = int(time.time() * 1000) if args.ttl is not None else None
+    plaintext = keyring.decrypt(
+        sys.stdin.buffer.read(),
+        args.associated_data.encode(),
+        ttl=args.ttl,
+        now_ms=now_ms,
+        max_drift=config.max_drift,
+    )
+    sys.stdout.buffer.write(plaintext)
+    return 0
+
+
+def _watch(args: argparse.Namespace, config: CryptoConfig) -> int:
+    from . import messages as m
+    from .client import CryptoClient
+
+    async def main() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg, CryptoClient(config) as client:
+
+                async def stop() -> None:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+                tg.start_soon(stop)
+                async for snapshot in client.watch():
+                    line = m.encode(m.SnapshotMessage.from_snapshot(snapshot))
+                    sys.stdout.buffer.write(line + b"\n")
+                    sys.stdout.buffer.flush()
+
+    anyio.run(main, backend=args.backend)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``arraycrypto`` command."""
     parser = argparse.ArgumentParser(
@@ -91,6 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_serve)
+
+    for name, func, text in (
+        ("encrypt", _encrypt, "encrypt stdin to stdout (needs the server for a snapshot)"),
+        ("decrypt", _decrypt, "decrypt stdin to stdout (offline: needs only the secret)"),
+        ("watch", _watch, "print each pushed snapshot as a JSON line until interrupted"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", default="client_config.json", help="client config file")
+        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        if name != "watch":
+            cmd.add_argument(
+                "--associated-data", default="", help="extra authenticated data (text)"
+            )
+        if name == "decrypt":
+            cmd.add_argument("--ttl", type=float, help="reject ciphertexts older than this (s)")
+        if name == "watch":
+            cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+        cmd.set_defaults(func=_client_main, client_func=func)
     return parser
 
 

@@ -157,6 +157,20 @@ class Metrics:
         return ("\n".join(out) + "\n").encode()
 
 
+class _TLSListener(TLSListener):
+    """anyio's TLS listener, logging a failed TLS handshake as one line, not a traceback.
+
+    A port scanner or a plaintext client is not a server error.
+    """
+
+    @staticmethod
+    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
+        await anyio.aclose_forcefully(stream)
+        if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
+            raise exc
+        logger.info("TLS handshake failed: %s", type(exc).__name__)
+
+
 class _Client:
     """One subscribed WebSocket client: its connection and one-slot mailbox."""
 
@@ -253,7 +267,7 @@ class Server:
         )
         self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
         if self._ssl is not None:
-            listener = TLSListener(
+            listener = _TLSListener(
                 listener,
                 self._ssl,
                 standard_compatible=False,

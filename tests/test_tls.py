@@ -1,0 +1,121 @@
+"""wss:// and https:// on the same port, with real certificates from trustme."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+
+import anyio
+import pytest
+import trustme
+
+from arraycrypto import CryptoClient, CryptoConfig, SnapshotError
+from arraycrypto import messages as m
+
+from .helpers import SECRET
+from .netutil import HOST, RawClient, parse_response, running_server, server_config
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
+    cert = ca.issue_cert(HOST, "localhost")
+    pem = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return pem, ca_file
+
+
+async def test_client_over_wss(tls_files: tuple[Path, Path]) -> None:
+    pem, ca_file = tls_files
+    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+        assert server.port
+        config = CryptoConfig(
+            server_url=f"https://{HOST}:{server.port}", secret_key=SECRET, ca_file=str(ca_file)
+        )
+        async with CryptoClient(config) as client:
+            await client.authenticate()
+            token = await client.encrypt_message("over tls")
+            assert await client.decrypt_message(token) == b"over tls"
+            assert client.server_url == f"https://{HOST}:{server.port}"
+
+
+async def test_https_shim_and_raw_wss(ca: trustme.CA, tls_files: tuple[Path, Path]) -> None:
+    pem, _ = tls_files
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+        assert server.port
+        stream = await anyio.connect_tcp(
+            HOST,
+            server.port,
+            ssl_context=context,
+            tls_hostname="localhost",
+            tls_standard_compatible=False,
+        )
+        async with stream:
+            await stream.send(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            data = b""
+            with anyio.fail_after(5):
+                try:
+                    while True:
+                        data += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+        status, _, body = parse_response(data)
+        assert status == 200
+        assert json.loads(body)["status"] == "healthy"
+
+        raw = await RawClient.connect(server.port, ssl_context=context)
+        await raw.handshake()
+        assert isinstance(await raw.recv_message(), m.SnapshotMessage)
+        await raw.aclose()
+
+
+async def test_untrusted_certificate_is_refused(tls_files: tuple[Path, Path]) -> None:
+    pem, _ = tls_files
+    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+        assert server.port
+        config = CryptoConfig(
+            server_url=f"https://{HOST}:{server.port}",
+            secret_key=SECRET,
+            snapshot_timeout=0.5,
+            reconnect_max_delay=0.1,
+        )
+        async with CryptoClient(config) as client:
+            with pytest.raises(SnapshotError, match="no snapshot"):
+                await client.authenticate()
+
+
+async def test_plaintext_to_a_tls_port_does_not_hurt_others(
+    ca: trustme.CA, tls_files: tuple[Path, Path]
+) -> None:
+    pem, ca_file = tls_files
+    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+        assert server.port
+        config = CryptoConfig(
+            server_url=f"https://{HOST}:{server.port}", secret_key=SECRET, ca_file=str(ca_file)
+        )
+        async with CryptoClient(config) as client:
+            await client.authenticate()
+            async with await anyio.connect_tcp(HOST, server.port) as plain:
+                await plain.send(b"GET /health HTTP/1.1\r\n\r\n")
+                with anyio.fail_after(5):
+                    try:
+                        while await plain.receive():
+                            pass
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        pass
+            tick = client.snapshot.tick if client.snapshot else 0
+            with anyio.fail_after(5):
+                async for snapshot in client.watch():
+                    if snapshot.tick > tick + 1:
+                        break
