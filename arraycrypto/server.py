@@ -5,11 +5,14 @@ in size and time); a WebSocket upgrade on the configured path goes to websockets
 ``ServerProtocol``, anything else gets a small JSON answer from the HTTP shim. A
 WebSocket session is driven by :class:`~arraycrypto._protocol.ServerSession`.
 
-Fan-out: each tick's frame is serialised **once**. Every subscribed connection has a
-one-slot mailbox and a writer task: the ticker drops the newest frame into every mailbox
-and wakes the writer; an unsent older frame is simply replaced, so a slow client never
-delays the ticker or anyone else, and what is queued for it is one frame. A writer
-blocked past ``write_timeout`` drops its client.
+Fan-out: each tick's frame is serialised **once** (server frames are unmasked and no
+extension is negotiated, so the bytes are the same for every client). For each client
+whose socket is idle, the ticker writes the frame with one non-blocking ``send``: no
+task switch, no per-client work beyond the syscall. Only a client whose kernel buffer is
+full gets a writer task, started on demand, with a one-slot mailbox: a newer frame
+replaces an unsent older one, so what is queued for a slow client is bounded and it
+never delays the ticker or anyone else. A writer blocked past ``write_timeout`` drops its
+client; one task pings every client and drops those that stop answering.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -172,16 +175,34 @@ class _TLSListener(TLSListener):
 
 
 class _Client:
-    """One subscribed WebSocket client: its connection and one-slot mailbox."""
+    """One subscribed WebSocket client: its connection, one-slot mailbox and timers."""
 
-    __slots__ = ("conn", "last_pong", "pending", "session_id", "wake")
+    __slots__ = (
+        "backlog",
+        "conn",
+        "last_pong",
+        "pending",
+        "ping_due",
+        "ping_sent",
+        "session_id",
+        "write_started",
+        "writing",
+    )
 
     def __init__(self, conn: WSConnection, session_id: str) -> None:
         self.conn = conn
         self.session_id = session_id
-        self.pending: bytes | None = None
-        self.wake = anyio.Event()
-        self.last_pong = time.monotonic()
+        self.backlog = b""  # the unsent tail of a partly written frame: it goes first
+        self.pending: bytes | None = None  # the newest unsent snapshot frame (replaceable)
+        self.ping_due = False
+        self.ping_sent: float | None = None
+        self.last_pong = 0.0
+        self.writing = False  # a writer task is running
+        self.write_started: float | None = None  # when the current awaited write began
+
+
+# Server → client frames are unmasked and no extension is negotiated: pre-serialised once.
+_PING_FRAME: Final = Frame(Opcode.PING, b"").serialize(mask=False)
 
 
 class Server:
@@ -195,6 +216,7 @@ class Server:
         self._clock = clock
         self._started = time.monotonic()
         self._clients: set[_Client] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
         self._interval_ms = round(config.tick_interval * 1000)
         self.snapshot: Snapshot = self._make_snapshot(self._current_tick())
         self._encode_snapshot()
@@ -245,13 +267,100 @@ class Server:
     def _fan_out(self) -> None:
         started = time.perf_counter()
         frame = self._snapshot_frame
-        for client in self._clients:
-            client.pending = frame  # replaces an unsent older frame
-            client.wake.set()
+        size = len(frame)
+        now = time.monotonic()
+        write_timeout = self.config.write_timeout
+        for client in list(self._clients):
+            if client.writing or client.backlog:
+                # Its writer is still busy: replace any unsent older frame, never queue.
+                client.pending = frame
+                if client.write_started is not None and now - client.write_started > write_timeout:
+                    self.metrics.dropped_slow += 1
+                    logger.info("session %s: writes blocked, dropping", client.session_id)
+                    self._drop(client)
+                continue
+            # Fast path: the socket is idle, so one non-blocking send, no task switch.
+            sent = client.conn.write_now(frame)
+            if sent == size:
+                continue
+            if sent:
+                client.backlog = frame[sent:]
+            else:
+                client.pending = frame
+            self._start_writer(client)
         self.metrics.pushes += len(self._clients)
         elapsed = time.perf_counter() - started
         self.metrics.push_seconds_last = elapsed
         self.metrics.push_seconds_sum += elapsed
+
+    async def _pinger(self) -> None:
+        # Dead-peer detection for every client from one task, not a timer per connection.
+        interval = self.config.ping_interval
+        timeout = self.config.ping_timeout
+        while True:
+            await anyio.sleep(min(interval, timeout))
+            now = time.monotonic()
+            for client in list(self._clients):
+                if client.ping_sent is not None:
+                    if client.last_pong < client.ping_sent:
+                        if now - client.ping_sent >= timeout:
+                            self.metrics.dropped_ping += 1
+                            logger.info("session %s: no pong, dropping", client.session_id)
+                            self._drop(client)
+                        continue
+                    if now - client.ping_sent < interval:
+                        continue
+                if not (client.writing or client.backlog):
+                    sent = client.conn.write_now(_PING_FRAME)
+                    if sent:
+                        client.ping_sent = now
+                        if sent < len(_PING_FRAME):
+                            client.backlog = _PING_FRAME[sent:]
+                            self._start_writer(client)
+                        continue
+                client.ping_due = True
+                if not client.writing:
+                    self._start_writer(client)
+
+    def _start_writer(self, client: _Client) -> None:
+        # Writers are rare (only for a full socket buffer) and short-lived: they run in
+        # the server's task group rather than costing every connection a task group.
+        assert self._tg is not None
+        client.writing = True
+        self._tg.start_soon(self._writer, client)
+
+    def _drop(self, client: _Client) -> None:
+        """Disconnect a client without a closing handshake (it is not reading)."""
+        if client in self._clients:
+            self._clients.discard(client)
+            self.metrics.subscribed = len(self._clients)
+            # Closing the stream ends its reader (end of input) and any blocked writer.
+            assert self._tg is not None
+            self._tg.start_soon(client.conn.aclose)
+
+    async def _writer(self, client: _Client) -> None:
+        """Drain a client's backlog, newest frame and due ping with awaited writes."""
+        conn = client.conn
+        try:
+            while True:
+                if conn.protocol.state is not State.OPEN:
+                    return  # closing: never push after a close frame
+                if client.backlog:
+                    data, client.backlog = client.backlog, b""
+                elif client.pending is not None:
+                    data, client.pending = client.pending, None
+                elif client.ping_due:
+                    data, client.ping_due = _PING_FRAME, False
+                    client.ping_sent = time.monotonic()
+                else:
+                    return
+                client.write_started = time.monotonic()
+                await conn.send_raw(data)
+                client.write_started = None
+        except STREAM_ERRORS:
+            self._drop(client)
+        finally:
+            client.writing = False
 
     # -- listening -----------------------------------------------------------------------
 
@@ -284,7 +393,9 @@ class Server:
             self.config.tick_interval,
         )
         async with listener, anyio.create_task_group() as tg:
+            self._tg = tg
             tg.start_soon(self._ticker)
+            tg.start_soon(self._pinger)
             tg.start_soon(listener.serve, self._handle, tg)
             task_status.started(self.port)
         # Not reached: serve() runs until cancelled. On cancellation each WebSocket
@@ -335,25 +446,34 @@ class Server:
             await self._http_reply(stream, "-", got, {"error": error})
             return
         head, rest = got
+        del got
         try:
             request = _http.parse_request_head(head)
         except ValueError:
             await self._http_reply(stream, "-", 400, {"error": "bad request"})
             return
-        if request.path == self.config.path and request.method == "GET":
-            if request.is_websocket_upgrade():
-                await self._websocket(stream, head + rest)
-            else:
+        if request.path != self.config.path or request.method != "GET":
+            await self._http_shim(stream, request)
+        elif not request.is_websocket_upgrade():
+            await self._http_reply(
+                stream,
+                request.path,
+                426,
+                {"error": "websocket upgrade required"},
+                request,
+                (("Upgrade", "websocket"),),
+            )
+        else:
+            accepted = self._accept_websocket(stream, head + rest)
+            # This frame stays suspended for the whole session: drop the request data
+            # now (it would cost every connection a few KiB).
+            del head, rest, request
+            if accepted is None:
                 await self._http_reply(
-                    stream,
-                    request.path,
-                    426,
-                    {"error": "websocket upgrade required"},
-                    request,
-                    (("Upgrade", "websocket"),),
+                    stream, self.config.path, 400, {"error": "invalid websocket handshake"}
                 )
-            return
-        await self._http_shim(stream, request)
+            else:
+                await self._websocket(*accepted)
 
     # -- HTTP shim -----------------------------------------------------------------------
 
@@ -432,29 +552,28 @@ class Server:
 
     # -- WebSocket -----------------------------------------------------------------------
 
-    async def _websocket(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
+    def _accept_websocket(
+        self, stream: anyio.abc.ByteStream, data: bytes
+    ) -> tuple[WSConnection, ServerSession] | None:
+        """Run the upgrade through websockets and queue the challenge; None if refused."""
         # No extensions offered: compression would double fan-out CPU and stop the frame
         # bytes from being identical for every client.
         protocol = ServerProtocol(max_size=self.config.max_frame_size, logger=ws_logger)
-        conn = WSConnection(stream, protocol)
         protocol.receive_data(data)
         events = protocol.events_received()
-        if not events:  # the head parsed for us, so websockets should too; be safe
-            await self._http_reply(stream, self.config.path, 400, {"error": "bad request"})
-            return
-        request = events[0]
-        response = protocol.accept(request)  # type: ignore[arg-type]
+        if not events:  # our parser accepted the head, so websockets should; be safe
+            return None
+        response = protocol.accept(events[0])  # type: ignore[arg-type]
         if response.status_code != 101:
-            await self._http_reply(
-                stream, self.config.path, 400, {"error": "invalid websocket handshake"}
-            )
-            return
+            return None
         protocol.send_response(response)
-        session_id = secrets.token_hex(6)
         session = ServerSession(
-            self.keyring.primary, os.urandom(32), session_id, self.config.tick_interval
+            self.keyring.primary, os.urandom(32), secrets.token_hex(6), self.config.tick_interval
         )
         protocol.send_text(session.challenge_message())
+        return WSConnection(stream, protocol), session
+
+    async def _websocket(self, conn: WSConnection, session: ServerSession) -> None:
         try:
             await conn.flush()
             if await self._handshake(conn, session):
@@ -465,19 +584,15 @@ class Server:
             raise
 
     async def _subscribed(self, conn: WSConnection, session: ServerSession) -> None:
-        session_id = session.session_id
-        client = _Client(conn, session_id)
+        client = _Client(conn, session.session_id)
         self._clients.add(client)
         self.metrics.subscribed = len(self._clients)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, client, tg.cancel_scope)
-                await self._reader(client, session)
-                tg.cancel_scope.cancel()
+            await self._reader(client, session)
         finally:
             self._clients.discard(client)
             self.metrics.subscribed = len(self._clients)
-            logger.debug("session %s ended", session_id)
+            logger.debug("session %s ended", session.session_id)
 
     async def _handshake(self, conn: WSConnection, session: ServerSession) -> bool:
         """Run the handshake phase; return True once the client is subscribed."""
@@ -555,49 +670,6 @@ class Server:
                 # A close from the client (echoed by the protocol) or a framing error
                 # (1002/1009, sent by the protocol): finish the closing handshake.
                 await conn.close(CloseCode.NORMAL_CLOSURE, "", _CLOSE_TIMEOUT)
-                return
-
-    async def _writer(self, client: _Client, scope: anyio.CancelScope) -> None:
-        conn = client.conn
-        interval = self.config.ping_interval
-        last_ping = time.monotonic()
-        awaiting_pong = False
-        while True:
-            deadline = last_ping + (self.config.ping_timeout if awaiting_pong else interval)
-            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                await client.wake.wait()
-            now = time.monotonic()
-            if awaiting_pong:
-                if client.last_pong >= last_ping:
-                    awaiting_pong = False
-                elif now >= deadline:
-                    self.metrics.dropped_ping += 1
-                    logger.info("session %s: no pong, dropping", client.session_id)
-                    await conn.aclose()
-                    scope.cancel()
-                    return
-            if conn.protocol.state is not State.OPEN:
-                return  # the reader is finishing a close: never push after a close frame
-            frame = client.pending
-            client.pending = None
-            if client.wake.is_set():
-                client.wake = anyio.Event()
-            try:
-                with anyio.fail_after(self.config.write_timeout):
-                    if frame is not None:
-                        await conn.send_raw(frame)
-                    if not awaiting_pong and now - last_ping >= interval:
-                        conn.protocol.send_ping(secrets.token_bytes(4))
-                        await conn.flush()
-                        last_ping, awaiting_pong = now, True
-            except TimeoutError:
-                self.metrics.dropped_slow += 1
-                logger.info("session %s: writes blocked, dropping", client.session_id)
-                await conn.aclose()
-                scope.cancel()
-                return
-            except STREAM_ERRORS:
-                scope.cancel()
                 return
 
 
