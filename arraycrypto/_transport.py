@@ -210,5 +210,10 @@ def _direct_path(
         return sock, None
     transport = getattr(stream, "_transport", None)
     if isinstance(transport, asyncio.WriteTransport):
+        # With the default limits an awaited send returns while up to 64 KiB still sit
+        # in the transport's buffer, so a stalled client would collect that much before
+        # its write timeout even started. High-water mark 0: send() returns only once
+        # everything is handed to the kernel, as under trio.
+        transport.set_write_buffer_limits(high=0)
         return sock, transport
     return None, None

@@ -65,6 +65,7 @@ class RawClient:
         self.conn = conn
         self.protocol = conn.protocol
         self.frames: list[Frame] = []
+        self.session_id: str | None = None
 
     @classmethod
     async def connect(
@@ -148,6 +149,7 @@ class RawClient:
         await self.send_text(reply)
         verdict = session.receive_text(await self.recv_text(), current_ms())
         assert isinstance(verdict, Accepted), verdict
+        self.session_id = session.session_id
         return verdict.snapshot
 
     async def aclose(self) -> None:

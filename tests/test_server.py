@@ -232,6 +232,51 @@ async def test_stalled_client_does_not_delay_others_and_is_dropped() -> None:
         await good.aclose()
 
 
+async def test_fan_out_writes_directly_on_plain_tcp() -> None:
+    # The fast path relies on anyio internals (see _transport._direct_path): if they
+    # change, this fails rather than the server silently becoming slow.
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.handshake()
+        (conn,) = [c.conn for c in server._clients]
+        assert conn.can_write_now
+        await client.aclose()
+
+
+async def test_blocked_writer_is_dropped_and_others_unaffected() -> None:
+    config = server_config(
+        tick_interval=0.05, write_timeout=0.3, ping_interval=100, ping_timeout=100
+    )
+    async with running_server(config) as server:
+        assert server.port
+        stalled = await RawClient.connect(server.port)
+        await stalled.handshake()
+        good = await RawClient.connect(server.port)
+        await good.handshake()
+        (victim,) = [c for c in server._clients if c.session_id == stalled.session_id]
+        # Fill the kernel buffers toward the stalled client (which never reads) with
+        # valid server pings, through the server's own connection: the next ticks then
+        # find its socket full and take the slow path (writer task, write_timeout).
+        # Keep the kernel buffers toward the stalled client (which never reads) full
+        # with valid server pings, written through the server's own connection, so the
+        # ticks find its socket full and take the slow path (writer task, then
+        # write_timeout). Topped up while waiting: TCP autotuning keeps growing them.
+        filler = b"\x89\x00" * 65536
+        with anyio.fail_after(20):
+            while server.metrics.dropped_slow == 0:
+                while victim.conn.write_now(filler) == len(filler):
+                    pass
+                msg = await good.recv_message(timeout=2)
+                assert isinstance(msg, m.SnapshotMessage)
+                assert current_ms() - msg.timestamp < 1000
+        assert [c.session_id for c in server._clients] == [good.session_id]
+        for _ in range(3):  # and the others go on receiving every tick
+            assert isinstance(await good.recv_message(timeout=2), m.SnapshotMessage)
+        await good.aclose()
+        await stalled.aclose()
+
+
 async def test_server_full_is_503() -> None:
     async with running_server(server_config(max_connections=1)) as server:
         assert server.port
