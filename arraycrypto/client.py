@@ -62,6 +62,10 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+def _no_cipher(data: bytes | str, associated_data: bytes) -> bytes:
+    raise SnapshotError("no snapshot from the server yet")  # unreachable: _expires is 0
+
+
 def _backoff(attempt: int, cap: float) -> float:
     """Full jitter: uniform in [0, min(cap, base·2^attempt)] on every delay."""
     return random.uniform(0, min(cap, _BACKOFF_BASE * 2 ** min(attempt, 30)))  # noqa: S311 - jitter, not crypto
@@ -119,7 +123,10 @@ class CryptoClient:
         self._urls = [self.config.server_url, *self.config.server_urls]
         self._max_drift_ms = self.config.max_drift * 1000
         self._cipher: SnapshotCipher | None = None
-        self._expires_ms = 0.0
+        # The hot path reads only these two: the cached snapshot's bound encrypt, and
+        # the wall-clock second after which it is older than max_drift (0: no snapshot).
+        self._encrypt: Callable[[bytes | str, bytes], bytes] = _no_cipher
+        self._expires = 0.0
         self._last_tick = -1
         self._state = ConnectionState.IDLE
         self._changed = anyio.Event()
@@ -214,10 +221,9 @@ class CryptoClient:
 
         Raises SnapshotError if there is no snapshot yet or it is older than max_drift.
         """
-        cipher = self._cipher
-        if cipher is None or self._clock() * 1000 > self._expires_ms:
+        if self._clock() > self._expires:
             raise self._no_snapshot()
-        return cipher.encrypt(data, associated_data)
+        return self._encrypt(data, associated_data)
 
     def decrypt(
         self,
@@ -240,7 +246,7 @@ class CryptoClient:
     async def encrypt_message(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
         """Encrypt ``str`` (as UTF-8) or ``bytes``; waits (bounded) for the first snapshot."""
         cipher = self._cipher
-        if cipher is None or self._clock() * 1000 > self._expires_ms:
+        if cipher is None or self._clock() > self._expires:
             cipher = await self._wait_cipher()
         if len(data) >= OFFLOAD_SIZE:
             return await anyio.to_thread.run_sync(cipher.encrypt, data, associated_data)
@@ -291,7 +297,7 @@ class CryptoClient:
         with anyio.move_on_after(self.config.snapshot_timeout):
             while True:
                 cipher = self._cipher
-                if cipher is not None and self._clock() * 1000 <= self._expires_ms:
+                if cipher is not None and self._clock() <= self._expires:
                     return cipher
                 if self._state in (ConnectionState.IDLE, ConnectionState.CLOSED):
                     break
@@ -427,7 +433,8 @@ class CryptoClient:
     def _install(self, snapshot: Snapshot) -> None:
         cipher = self.keyring.cipher(snapshot)  # verified by the session; cached here
         self._cipher = cipher
-        self._expires_ms = snapshot.timestamp + self._max_drift_ms
+        self._encrypt = cipher.encrypt
+        self._expires = (snapshot.timestamp + self._max_drift_ms) / 1000
         self._last_tick = snapshot.tick
         self._notify()
         for watch in list(self._watchers):
