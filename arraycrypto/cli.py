@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import logging
 import signal
 import sys
@@ -39,10 +40,19 @@ def _setup_logging(verbose: bool, level: int = logging.INFO) -> None:
         logging.getLogger("arraycrypto.client.websocket").setLevel(logging.WARNING)
 
 
+def _backend(name: str) -> tuple[str, dict[str, object]]:
+    if name == "uvloop":
+        return "asyncio", {"use_uvloop": True}
+    return name, {}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve  # the server pulls in websockets; keygen does not need it
 
     _setup_logging(args.verbose)
+    if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        logger.error("--backend uvloop needs uvloop: pip install uvloop")
+        return 2
     path = Path(args.config)
     created = not path.exists()
     try:
@@ -65,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
                     tg.cancel_scope.cancel()
                     break
 
-    anyio.run(main, backend=args.backend)
+    backend, options = _backend(args.backend)
+    anyio.run(main, backend=backend, backend_options=options)
     logger.info("stopped")
     return 0
 
@@ -159,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="override the config's host")
     serve.add_argument("--port", type=int, help="override the config's port (0: any free)")
-    serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    serve.add_argument(
+        "--backend",
+        choices=["asyncio", "trio", "uvloop"],
+        default="asyncio",
+        help="event loop (uvloop: asyncio on uvloop, if installed)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_serve)
 

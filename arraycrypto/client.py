@@ -44,8 +44,8 @@ __all__ = ["ConnectionState", "CryptoClient", "SnapshotWatch", "SyncCryptoClient
 logger = logging.getLogger("arraycrypto.client")
 ws_logger = logging.getLogger("arraycrypto.client.websocket")
 
-#: Payloads at least this large are encrypted/decrypted in a worker thread, so the
-#: event loop is not blocked for the milliseconds AES-GCM takes on them.
+#: Payloads at least this large are encrypted/decrypted in a worker thread, in 1 MiB
+#: steps, so the event loop is not blocked for the milliseconds AES-GCM takes on them.
 OFFLOAD_SIZE: Final = 1 << 20
 _BACKOFF_BASE: Final = 0.1
 _DEAD_AFTER_TICKS: Final = 3  # no push for this many tick intervals: the server is dead
@@ -231,6 +231,7 @@ class CryptoClient:
         associated_data: bytes = b"",
         *,
         ttl: float | None = None,
+        chunked: bool = False,
     ) -> bytes:
         """Decrypt with the keyring alone: never needs the server.
 
@@ -240,7 +241,12 @@ class CryptoClient:
         """
         now_ms = int(self._clock() * 1000) if ttl is not None else None
         return self.keyring.decrypt(
-            data, associated_data, ttl=ttl, now_ms=now_ms, max_drift=self.config.max_drift
+            data,
+            associated_data,
+            ttl=ttl,
+            now_ms=now_ms,
+            max_drift=self.config.max_drift,
+            chunked=chunked,
         )
 
     async def encrypt_message(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
@@ -249,7 +255,7 @@ class CryptoClient:
         if cipher is None or self._clock() > self._expires:
             cipher = await self._wait_cipher()
         if len(data) >= OFFLOAD_SIZE:
-            return await anyio.to_thread.run_sync(cipher.encrypt, data, associated_data)
+            return await anyio.to_thread.run_sync(cipher.encrypt_chunked, data, associated_data)
         return cipher.encrypt(data, associated_data)
 
     async def decrypt_message(
@@ -262,7 +268,7 @@ class CryptoClient:
         """Decrypt ``data`` and return ``bytes``; see :meth:`decrypt`."""
         if len(data) >= OFFLOAD_SIZE:
             return await anyio.to_thread.run_sync(
-                lambda: self.decrypt(data, associated_data, ttl=ttl)
+                lambda: self.decrypt(data, associated_data, ttl=ttl, chunked=True)
             )
         return self.decrypt(data, associated_data, ttl=ttl)
 

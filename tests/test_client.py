@@ -74,6 +74,37 @@ async def test_encrypt_decrypt_str_bytes_and_megabytes() -> None:
                 await client.decrypt_message(b"foreign data")
 
 
+async def test_large_payloads_leave_the_event_loop_running() -> None:
+    # 32 MiB takes ~30 ms of AES-GCM: done inline, no other task would run meanwhile.
+    # Count what does run while the client works in its thread.
+    async with running_server() as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port)) as client:
+            await client.authenticate()
+            data = os.urandom(32 * 1024 * 1024)
+            beats = 0
+            done = False
+
+            async def heartbeat() -> None:
+                nonlocal beats
+                while not done:
+                    await anyio.sleep(0)
+                    beats += 1
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heartbeat)
+                await anyio.sleep(0)
+                start = beats
+                token = await client.encrypt_message(data)
+                during_encrypt = beats - start
+                start = beats
+                assert await client.decrypt_message(token) == data
+                during_decrypt = beats - start
+                done = True
+            assert during_encrypt > 1
+            assert during_decrypt > 1
+
+
 async def test_ciphertext_crosses_clients_and_decrypts_offline() -> None:
     async with running_server() as server:
         assert server.port

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arraycrypto import DecryptionError, Key, Keyring, Snapshot, SnapshotError
-from arraycrypto._crypto import _CACHE_SIZE
+from arraycrypto._crypto import _CACHE_SIZE, _STEP
 
 SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -231,3 +231,20 @@ def test_data_key_depends_on_tick_seed_and_secret() -> None:
     other_seed = ring.new_snapshot(1, b"\x01" * 16, T0)
     assert base != k.data_key(other_seed)
     assert base != Key(OTHER).data_key(snap(Keyring(OTHER), tick=1))
+
+
+@pytest.mark.parametrize("size", [0, 1, _STEP - 1, _STEP, _STEP + 1, 3 * _STEP + 5])
+def test_chunked_gcm_is_the_same_envelope(size: int) -> None:
+    ring = Keyring(SECRET)
+    cipher = ring.cipher(snap(ring))
+    data = os.urandom(size)
+    chunked = cipher.encrypt_chunked(data, b"ad")
+    one_shot = cipher.encrypt(data, b"ad")
+    assert len(chunked) == len(one_shot)
+    for token in (chunked, one_shot):
+        assert ring.decrypt(token, b"ad") == data
+        assert ring.decrypt(token, b"ad", chunked=True) == data
+    with pytest.raises(DecryptionError):
+        ring.decrypt(chunked[:-1] + bytes([chunked[-1] ^ 1]), b"ad", chunked=True)
+    with pytest.raises(DecryptionError):
+        ring.decrypt(chunked, b"other", chunked=True)

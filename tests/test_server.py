@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import anyio
 import pytest
@@ -42,6 +43,25 @@ async def test_handshake_then_consecutive_signed_ticks() -> None:
         assert ticks == sorted(set(ticks))  # strictly increasing
         assert ticks[-1] - ticks[0] <= 7  # consecutive (a slow CI may skip one or two)
         assert server.metrics.handshakes_ok == 1
+        await client.aclose()
+
+
+async def test_a_stalled_loop_skips_ticks_instead_of_bursting() -> None:
+    async with running_server(server_config(tick_interval=0.1)) as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.handshake()
+        before = await client.recv_message()
+        assert isinstance(before, m.SnapshotMessage)
+        time.sleep(0.45)  # block the event loop on purpose: the stall under test
+        after = await client.recv_message()
+        assert isinstance(after, m.SnapshotMessage)
+        assert after.tick - before.tick >= 3  # jumped to the current tick
+        assert current_ms() - after.timestamp < 300  # and it is fresh, not a stale one
+        assert server.metrics.ticks_skipped >= 2
+        nxt = await client.recv_message()
+        assert isinstance(nxt, m.SnapshotMessage)
+        assert nxt.tick == after.tick + 1  # then one per interval again, no catch-up burst
         await client.aclose()
 
 
