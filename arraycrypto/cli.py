@@ -47,7 +47,7 @@ def _backend(name: str) -> tuple[str, dict[str, object]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve  # the server pulls in websockets; keygen does not need it
+    from .server import Server  # the server pulls in websockets; keygen does not need it
 
     _setup_logging(args.verbose)
     if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         if overrides:
             config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
+        server = Server(config)
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
@@ -69,14 +70,22 @@ def _serve(args: argparse.Namespace) -> int:
         # Listen for signals before serving, so an early SIGTERM still exits cleanly.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
-                await tg.start(serve, config)
+                await tg.start(server.run)
                 async for signum in signals:
                     logger.info("received %s, closing connections", signal.Signals(signum).name)
                     tg.cancel_scope.cancel()
                     break
 
     backend, options = _backend(args.backend)
-    anyio.run(main, backend=backend, backend_options=options)
+    failed: BaseExceptionGroup[OSError] | None = None
+    try:
+        anyio.run(main, backend=backend, backend_options=options)
+    except* OSError as group:  # binding: the address is in use or not ours
+        failed = group
+    if failed is not None:
+        reason = "; ".join(str(exc) for exc in failed.exceptions)
+        logger.error("cannot listen on %s:%d: %s", config.host, config.port, reason)
+        return 1
     logger.info("stopped")
     return 0
 

@@ -39,6 +39,7 @@ from ._crypto import SEED_SIZE, Keyring, Snapshot
 from ._protocol import REASONS, CloseCode, ServerSession, ServerState, Violation
 from ._transport import STREAM_ERRORS, WSConnection
 from .config import ServerConfig
+from .exceptions import ConfigError
 
 __all__ = ["Server", "serve"]
 
@@ -223,7 +224,13 @@ class Server:
         self._ssl: ssl.SSLContext | None = None
         if config.tls_certfile and config.tls_keyfile:
             self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._ssl.load_cert_chain(config.tls_certfile, config.tls_keyfile)
+            try:
+                self._ssl.load_cert_chain(config.tls_certfile, config.tls_keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"`tls_certfile`/`tls_keyfile`: cannot load the certificate and key"
+                    f" ({exc.strerror or exc.__class__.__name__})"
+                ) from None
 
     def __repr__(self) -> str:
         return f"Server(port={self.port}, key_id={self.keyring.primary.key_id.hex()})"

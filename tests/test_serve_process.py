@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import stat
@@ -97,3 +98,52 @@ def test_keygen_prints_a_fresh_32_byte_secret() -> None:
     ]
     assert out[0] != out[1]
     assert all(len(base64.b64decode(o, validate=True)) == 32 for o in out)
+
+
+def test_serve_reports_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "arraycrypto",
+                "serve",
+                "--config",
+                str(tmp_path / "c.json"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_reports_a_missing_certificate(tmp_path: Path) -> None:
+    config_path = tmp_path / "c.json"
+    config = load_server_config(config_path)
+    data = json.loads(config_path.read_text())
+    data.update(tls_certfile=str(tmp_path / "no.pem"), tls_keyfile=str(tmp_path / "no.pem"))
+    config_path.write_text(json.dumps(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "arraycrypto", "serve", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "tls_certfile" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert base64.b64encode(config.secret_key).decode() not in result.stderr
