@@ -1,0 +1,83 @@
+"""Hostile input against a live server: documented outcomes, others unharmed, no leaks."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+
+import anyio
+import pytest
+
+from arraycrypto import messages as m
+
+from .hostile import Runner, generate
+from .netutil import RawClient, http_get, running_server, server_config
+
+pytestmark = pytest.mark.anyio
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_hostile_cases_get_documented_outcomes_and_leak_nothing() -> None:
+    config = server_config(
+        tick_interval=0.2, handshake_timeout=0.3, http_read_timeout=0.3, max_frame_size=4096
+    )
+    cases = generate(random.Random(2026), 21 * 12)
+    async with running_server(config) as server:
+        assert server.port
+        # Settle first (the listener starts its accept tasks lazily), then count.
+        assert (await http_get(server.port, "/health"))[0] == 200
+        await anyio.sleep(0.1)
+        fds_before = open_fds()
+        tasks_before = len(anyio.get_running_tasks())
+        witness = await RawClient.connect(server.port)
+        await witness.handshake()
+        ticks_seen: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                msg = await witness.recv_message(timeout=5)
+                assert isinstance(msg, m.SnapshotMessage)
+                ticks_seen.append(msg.tick)
+
+        runner = Runner(server.port)
+        outcomes: Counter[tuple[str, str]] = Counter()
+        wrong = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            ticks_before = server.metrics.ticks
+            limit = anyio.Semaphore(20)
+
+            async def one(case_index: int) -> None:
+                case = cases[case_index]
+                async with limit:
+                    outcome = await runner.run(case)
+                outcomes[(case.kind, outcome)] += 1
+                if outcome not in case.expect:
+                    wrong.append((case.kind, outcome, sorted(case.expect)))
+
+            async with anyio.create_task_group() as runs:
+                for i in range(len(cases)):
+                    runs.start_soon(one, i)
+            made = server.metrics.ticks - ticks_before
+            tg.cancel_scope.cancel()
+        assert not wrong, wrong[:10]
+        assert sum(outcomes.values()) == len(cases)
+        # The witness got every tick made while the cases ran, in order, none skipped.
+        assert len(ticks_seen) >= made - 1
+        assert ticks_seen == sorted(set(ticks_seen))
+        assert ticks_seen[-1] - ticks_seen[0] == len(ticks_seen) - 1
+        await witness.aclose()
+        with anyio.move_on_after(5):
+            while (
+                server.metrics.connections_active or len(anyio.get_running_tasks()) > tasks_before
+            ):
+                await anyio.sleep(0.05)
+        left = [t.name for t in anyio.get_running_tasks()]
+        assert server.metrics.connections_active == 0
+        assert len(left) <= tasks_before, "\n".join(left)
+        assert open_fds() <= fds_before
+        assert server.metrics.subscribed == 0
