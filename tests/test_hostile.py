@@ -76,7 +76,7 @@ async def test_hostile_cases_get_documented_outcomes_and_leak_nothing() -> None:
                 server.metrics.connections_active or len(anyio.get_running_tasks()) > tasks_before
             ):
                 await anyio.sleep(0.05)
-        left = [t.name for t in anyio.get_running_tasks()]
+        left = [str(t.name) for t in anyio.get_running_tasks()]
         assert server.metrics.connections_active == 0
         assert len(left) <= tasks_before, "\n".join(left)
         assert open_fds() <= fds_before
