@@ -74,6 +74,7 @@ class Metrics:
         self.http_requests: dict[tuple[str, int], int] = {}
         self.push_seconds_sum = 0.0
         self.push_seconds_last = 0.0
+        self.tasks = 0  # sampled when /metrics is read
 
     def fail(self, reason: str) -> None:
         """Count a failed handshake."""
@@ -152,6 +153,7 @@ class Metrics:
             "Time spent fanning out ticks.",
             [("", self.push_seconds_sum)],
         )
+        metric("tasks", "gauge", "Tasks in the server's event loop.", [("", self.tasks)])
         metric(
             "push_duration_seconds_last",
             "gauge",
@@ -505,6 +507,7 @@ class Server:
             }
             await self._http_reply(stream, path, 200, health, request)
         elif path == "/metrics":
+            self.metrics.tasks = len(anyio.get_running_tasks())
             await self._http_reply(
                 stream,
                 path,

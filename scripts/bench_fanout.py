@@ -297,8 +297,8 @@ def read_tagged(proc: subprocess.Popen[str], tag: str, timeout: float) -> str:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"process ended before {tag}")
-        if line.startswith(tag + " "):
-            return line[len(tag) + 1 :].strip()
+        if line.strip() == tag or line.startswith(tag + " "):
+            return line[len(tag) :].strip()
     raise TimeoutError(tag)
 
 

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from arraycrypto import Keyring, ServerConfig, Snapshot
+from arraycrypto import CryptoConfig, Keyring, ServerConfig, Snapshot
 from arraycrypto import messages as m
 from arraycrypto._protocol import Accepted, ClientSession
 from arraycrypto._transport import WSConnection
@@ -32,6 +32,26 @@ from arraycrypto.server import Server
 from .helpers import SECRET
 
 HOST = "127.0.0.1"
+
+
+def client_config(port: int, **overrides: Any) -> CryptoConfig:
+    """A client config for tests: the server on 127.0.0.1:port, short waits."""
+    base: dict[str, Any] = {
+        "server_url": f"http://{HOST}:{port}",
+        "secret_key": SECRET,
+        "snapshot_timeout": 5.0,
+        "connect_timeout": 5.0,
+        "reconnect_max_delay": 0.5,
+    }
+    base.update(overrides)
+    return CryptoConfig(**base)
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true, bounded by ``timeout`` (state owned by other tasks)."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
 
 
 def server_config(**overrides: Any) -> ServerConfig:

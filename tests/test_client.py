@@ -19,7 +19,6 @@ from arraycrypto import (
     ConfigError,
     ConnectionState,
     CryptoClient,
-    CryptoConfig,
     CryptoError,
     DecryptionError,
     Keyring,
@@ -30,28 +29,17 @@ from arraycrypto import (
 )
 
 from .helpers import OTHER, SECRET
-from .netutil import HOST, running_server, serve_process, server_config
+from .netutil import (
+    HOST,
+    client_config,
+    running_server,
+    serve_process,
+    server_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).parent / "seed_examples"
-
-
-def client_config(port: int, **overrides: Any) -> CryptoConfig:
-    base: dict[str, Any] = {
-        "server_url": f"http://{HOST}:{port}",
-        "secret_key": SECRET,
-        "snapshot_timeout": 5.0,
-        "connect_timeout": 5.0,
-        "reconnect_max_delay": 0.5,
-    }
-    base.update(overrides)
-    return CryptoConfig(**base)
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 async def test_encrypt_decrypt_str_bytes_and_megabytes() -> None:

@@ -21,28 +21,15 @@ from arraycrypto import (
 )
 
 from .helpers import SECRET
-from .netutil import HOST, running_server, serve_process
+from .netutil import HOST, client_config, running_server, serve_process, wait_for
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
 
 
 def config_via(port: int, **overrides: Any) -> CryptoConfig:
-    base: dict[str, Any] = {
-        "server_url": f"http://{HOST}:{port}",
-        "secret_key": SECRET,
-        "connect_timeout": 0.5,
-        "snapshot_timeout": 5.0,
-        "reconnect_max_delay": 0.3,
-    }
-    base.update(overrides)
-    return CryptoConfig(**base)
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
+    """Fail fast: a short connect timeout and backoff cap, so faults show quickly."""
+    return client_config(port, **{"connect_timeout": 0.5, "reconnect_max_delay": 0.3, **overrides})
 
 
 async def test_cut_connections_are_reestablished() -> None:

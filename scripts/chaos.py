@@ -1,0 +1,434 @@
+"""Fault runs against a real server process, with figures for docs/reliability.md.
+
+    python scripts/chaos.py kill       # SIGKILL + restart while 1000 clients encrypt
+    python scripts/chaos.py stalled    # 10% of 1000 clients stop reading
+    python scripts/chaos.py storm      # 10 000 clients, server restarted
+    python scripts/chaos.py all [--json]
+
+Every scenario runs ``arraycrypto serve`` on 127.0.0.1 and its clients in another
+process, bounds every wait, and ends every process it starts. The network faults (cut,
+black-hole, delay, restore, failover) are exercised by tests/test_faults.py through a
+TCP proxy; this script covers what needs scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bench_fanout as bf
+
+from arraycrypto import ServerConfig, save_config
+
+HOST = "127.0.0.1"
+SECRET = bf.SECRET
+
+
+# -- the server process ----------------------------------------------------------------------
+
+
+class ServeProcess:
+    """``arraycrypto serve`` with a fixed config file; restartable on the same port."""
+
+    def __init__(self, tmp: Path, **config: Any) -> None:
+        self.path = tmp / "server_config.json"
+        save_config(self.path, ServerConfig(secret_key=SECRET, host=HOST, port=0, **config))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        bf.raise_fd_limit()
+        log = self.path.with_suffix(".log")
+        log.write_text("")
+        with log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "arraycrypto",
+                    "serve",
+                    "--config",
+                    str(self.path),
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = re.search(r"listening on ws://[\d.]+:(\d+)", log.read_text())
+            if found:
+                self.port = int(found.group(1))
+                return
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def metric(self, name: str) -> float:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{HOST}:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
+        )
+
+
+def child(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *args], stdout=subprocess.PIPE, text=True
+    )
+
+
+def end(*procs: subprocess.Popen[str] | None) -> None:
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+        if p is not None:
+            p.wait(timeout=30)
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+# -- kill: SIGKILL and restart while 1000 CryptoClients encrypt ----------------------------
+
+
+async def kill_clients(port: int, n: int, seconds: float, max_drift: float) -> None:
+    import anyio
+
+    from arraycrypto import ConnectionState, CryptoClient, CryptoConfig, Keyring, SnapshotError
+
+    bf.raise_fd_limit()
+    config = CryptoConfig(
+        server_url=f"http://{HOST}:{port}",
+        secret_key=SECRET,
+        max_drift=max_drift,
+        snapshot_timeout=60,
+    )
+    clients = [CryptoClient(config) for _ in range(n)]
+    made: list[tuple[bytes, bytes]] = []
+    fresh_failures = stale_failures = 0
+    reconnected: dict[int, float] = {}
+    lost: set[int] = set()
+
+    async def enter(c: CryptoClient, *, task_status: Any) -> None:
+        async with c:
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        for c in clients:
+            await tg.start(enter, c)
+        with anyio.fail_after(120):
+            for c in clients:
+                await c.authenticate()
+        print("READY", flush=True)
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            now = time.time()
+            for k, c in enumerate(clients):
+                if c.state is not ConnectionState.CONNECTED:
+                    lost.add(k)
+                elif k in lost and k not in reconnected:
+                    reconnected[k] = now
+                data = b"%d" % i
+                i += 1
+                snap = c.snapshot
+                try:
+                    made.append((c.encrypt(data), data))
+                except SnapshotError:
+                    fresh = snap is not None and now * 1000 - snap.timestamp < max_drift * 1000
+                    fresh_failures += fresh
+                    stale_failures += not fresh
+            await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()
+    ring = Keyring(SECRET)
+    undecryptable = sum(ring.decrypt(t) != d for t, d in made)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "clients": n,
+                "encrypted": len(made),
+                "undecryptable": undecryptable,
+                "failures_while_fresh": fresh_failures,
+                "failures_when_expired": stale_failures,
+                "lost": len(lost),
+                "reconnected": len(reconnected),
+                "last_reconnect": max(reconnected.values()) if reconnected else None,
+            }
+        ),
+        flush=True,
+    )
+
+
+def scenario_kill(n: int = 1000, down: float = 2.0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServeProcess(Path(tmp), tick_interval=1.0)
+        server.start()
+        clients = None
+        try:
+            clients = child("_kill", str(server.port), str(n), "12", "30")
+            bf.read_tagged(clients, "READY", 300)
+            time.sleep(2)
+            server.kill()
+            killed = time.time()
+            time.sleep(down)
+            server.start()
+            restarted = time.time()
+            result: dict[str, Any] = json.loads(bf.read_tagged(clients, "RESULT", 300))
+        finally:
+            end(clients)
+            server.kill()
+    last = result.pop("last_reconnect")
+    result["down_s"] = round(restarted - killed, 2)
+    result["all_reconnected_s_after_restart"] = (
+        round(last - restarted, 2) if last and result["reconnected"] == n else None
+    )
+    return result
+
+
+# -- stalled readers -------------------------------------------------------------------------
+
+
+async def stalled_clients(port: int, n: int, stalled: int, ticks: int) -> None:
+    bf.raise_fd_limit()
+    loop = asyncio.get_running_loop()
+    bench = bf.ClientBench()
+    protos: list[bf.LightClient] = []
+    gate = asyncio.Semaphore(256)
+
+    async def one() -> None:
+        async with gate:
+            _, proto = await loop.create_connection(lambda: bf.LightClient(bench), HOST, port)
+            protos.append(proto)
+            await asyncio.wait_for(proto.authenticated, 60)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    silent = protos[:stalled]
+    for proto in silent:  # these stop reading: the kernel buffers fill, no pongs go back
+        assert proto.transport is not None
+        proto.transport.pause_reading()
+    live = protos[stalled:]
+    print("READY", flush=True)
+    await asyncio.sleep(1 - time.time() % 1 + 0.5)
+    bench.recording = True
+    await asyncio.sleep(ticks)
+    bench.recording = False
+    lat = sorted(bench.latencies)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "clients": n,
+                "stalled": stalled,
+                "samples": len(lat),
+                "expected_samples": len(live) * ticks,
+                "p50_ms": lat[len(lat) // 2],
+                "p99_ms": lat[int(len(lat) * 0.99)],
+            }
+        ),
+        flush=True,
+    )
+    for proto in protos:
+        if proto.transport is not None:
+            proto.transport.close()
+
+
+def scenario_stalled(n: int = 1000, ticks: int = 15) -> dict[str, Any]:
+    runs = {}
+    for stalled in (0, n // 10):
+        with tempfile.TemporaryDirectory() as tmp:
+            server = ServeProcess(Path(tmp), tick_interval=1.0, ping_interval=2.0, ping_timeout=2.0)
+            server.start()
+            clients = None
+            try:
+                assert server.proc is not None
+                rss0 = bf.proc_rss_kib(server.proc.pid)
+                clients = child("_stalled", str(server.port), str(n), str(stalled), str(ticks))
+                bf.read_tagged(clients, "READY", 300)
+                rss = []
+                for _ in range(ticks + 1):  # the child measures for `ticks` seconds
+                    rss.append(bf.proc_rss_kib(server.proc.pid))
+                    time.sleep(1)
+                result: dict[str, Any] = json.loads(bf.read_tagged(clients, "RESULT", 60))
+                result["dropped_by_ping"] = server.metric(
+                    'arraycrypto_dropped_clients_total{reason="ping"}'
+                )
+                result["dropped_slow"] = server.metric(
+                    'arraycrypto_dropped_clients_total{reason="slow"}'
+                )
+                result["server_rss_kib_start"] = rss0
+                result["server_rss_kib_max"] = max(rss)
+                result["server_rss_kib_end"] = rss[-1]
+            finally:
+                end(clients)
+                server.kill()
+        runs["with_stalled" if stalled else "without_stalled"] = result
+    runs["p99_ratio"] = runs["with_stalled"]["p99_ms"] / runs["without_stalled"]["p99_ms"]
+    return runs
+
+
+# -- reconnect storm -------------------------------------------------------------------------
+
+
+class StormClient(bf.LightClient):
+    """A light client that reconnects with full jitter, like CryptoClient."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.authenticated.done():
+            self.authenticated.set_result(False)
+        self.bench.lost(self)  # type: ignore[attr-defined]
+
+    def on_text(self, payload: bytes, arrived: float) -> None:
+        if self.authenticated.done():
+            return
+        super().on_text(payload, arrived)
+        if self.authenticated.done():
+            self.bench.authenticated(self)  # type: ignore[attr-defined]
+
+
+class Storm(bf.ClientBench):
+    def __init__(self, port: int, n: int) -> None:
+        super().__init__()
+        self.port = port
+        self.n = n
+        self.connected: set[StormClient] = set()
+        self.attempts: dict[int, int] = {}
+        self.auth_times: list[float] = []
+        self.closing = False
+        self.all_up = asyncio.Event()
+
+    def authenticated(self, client: StormClient) -> None:
+        self.connected.add(client)
+        self.auth_times.append(time.time())
+        if len(self.connected) == self.n:
+            self.all_up.set()
+
+    def lost(self, client: StormClient) -> None:
+        self.connected.discard(client)
+        self.all_up.clear()
+        if not self.closing:
+            self.retry(0)
+
+    def retry(self, attempt: int) -> None:
+        from arraycrypto.client import _backoff  # the client's own policy
+
+        loop = asyncio.get_running_loop()
+        loop.call_later(_backoff(attempt, 30.0), lambda: asyncio.ensure_future(self.dial(attempt)))
+
+    async def dial(self, attempt: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: StormClient(self), HOST, self.port)
+        except OSError:
+            self.retry(attempt + 1)
+
+
+async def storm_clients(port: int, n: int) -> None:
+    bf.raise_fd_limit()
+    storm = Storm(port, n)
+    gate = asyncio.Semaphore(256)
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        async with gate:
+            await loop.create_connection(lambda: StormClient(storm), HOST, port)
+
+    started = time.time()
+    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.wait_for(storm.all_up.wait(), 300)
+    print(f"READY {time.time() - started:.3f}", flush=True)
+    storm.auth_times.clear()
+    # Wait for the restart: everyone lost, then everyone back.
+    while storm.connected:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(storm.all_up.wait(), 300)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "clients": n,
+                "first_auth": min(storm.auth_times),
+                "last_auth": max(storm.auth_times),
+            }
+        ),
+        flush=True,
+    )
+    storm.closing = True
+
+
+def scenario_storm(n: int = 10_000) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServeProcess(
+            Path(tmp), tick_interval=1.0, max_connections=50_000, ping_interval=60, ping_timeout=60
+        )
+        server.start()
+        clients = None
+        try:
+            clients = child("_storm", str(server.port), str(n))
+            initial = float(bf.read_tagged(clients, "READY", 600))
+            time.sleep(2)
+            server.kill()
+            server.start()
+            restarted = time.time()
+            result: dict[str, Any] = json.loads(bf.read_tagged(clients, "RESULT", 600))
+        finally:
+            end(clients)
+            server.kill()
+    return {
+        "clients": n,
+        "initial_connect_s": round(initial, 2),
+        "all_reauthenticated_s_after_restart": round(result["last_auth"] - restarted, 2),
+        "first_reauthenticated_s_after_restart": round(result["first_auth"] - restarted, 2),
+    }
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        role, nums = sys.argv[1], [float(a) for a in sys.argv[2:]]
+        if role == "_kill":
+            import anyio
+
+            anyio.run(kill_clients, int(nums[0]), int(nums[1]), nums[2], nums[3])
+        elif role == "_stalled":
+            asyncio.run(stalled_clients(int(nums[0]), int(nums[1]), int(nums[2]), int(nums[3])))
+        elif role == "_storm":
+            asyncio.run(storm_clients(int(nums[0]), int(nums[1])))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=["kill", "stalled", "storm", "all"])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    runs = {"kill": scenario_kill, "stalled": scenario_stalled, "storm": scenario_storm}
+    chosen = list(runs) if args.scenario == "all" else [args.scenario]
+    results = {}
+    for name in chosen:
+        results[name] = runs[name]()
+        if not args.json:
+            print(f"== {name}")
+            print(json.dumps(results[name], indent=2))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
