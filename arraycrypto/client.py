@@ -387,15 +387,12 @@ class CryptoClient:
         )
         subscribed = False
         # Until subscribed, the whole exchange is bounded by connect_timeout; after
-        # that, by "a push at least every few ticks".
+        # that, by "a snapshot at least every few ticks" (pings do not count: a server
+        # that answers pings but pushes nothing is no use).
         deadline = anyio.current_time() + self.config.connect_timeout
         protocol.send_request(protocol.connect())
         await conn.flush()
         while True:
-            if subscribed:
-                assert session.tick_interval is not None
-                timeout = _DEAD_AFTER_TICKS * session.tick_interval + 1.0
-                deadline = anyio.current_time() + timeout
             with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
                 alive = await conn.receive()
             if scope.cancelled_caught:
@@ -412,6 +409,10 @@ class CryptoClient:
                 if not isinstance(event, Frame) or event.opcode is not Opcode.TEXT:
                     continue
                 result = session.receive_text(bytes(event.data), int(self._clock() * 1000))
+                if session.state is ClientState.SUBSCRIBED:
+                    assert session.tick_interval is not None
+                    silence = _DEAD_AFTER_TICKS * session.tick_interval + 1.0
+                    deadline = anyio.current_time() + silence
                 if not subscribed and session.state is ClientState.SUBSCRIBED:
                     # Welcomed: the server proved it holds the secret.
                     subscribed = True

@@ -228,9 +228,9 @@ async def test_client_from_config_file(tmp_path: Path) -> None:
 
 
 async def test_dead_server_detected_by_silence() -> None:
-    # A server whose ticks are far apart looks dead after ~3 intervals of silence:
-    # a TCP proxy-free check, by freezing the server's ticker.
-    config = server_config(tick_interval=0.2)
+    # A server that stops pushing snapshots looks dead after ~3 tick intervals, even
+    # while it keeps answering and sending pings (every 0.1 s here).
+    config = server_config(tick_interval=0.2, ping_interval=0.1, ping_timeout=5)
     async with running_server(config) as server:
         assert server.port
         async with CryptoClient(client_config(server.port)) as client:
