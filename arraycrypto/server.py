@@ -17,8 +17,11 @@ client; one task pings every client and drops those that stop answering.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import resource
 import secrets
 import ssl
 import time
@@ -28,7 +31,7 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import msgspec
-from anyio.streams.tls import TLSListener, TLSStream
+from anyio.streams.tls import TLSStream
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -50,6 +53,8 @@ ws_logger = logging.getLogger("arraycrypto.server.websocket")
 _LINGER_TIMEOUT = 1.0  # seconds to drain an unread request body before closing
 _LINGER_BYTES = 1 << 20
 _CLOSE_TIMEOUT = 2.0
+# accept() errors that mean "out of resources for now", not "the listener is broken".
+_ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def _json(obj: Any) -> bytes:
@@ -75,6 +80,7 @@ class Metrics:
         self.push_seconds_sum = 0.0
         self.push_seconds_last = 0.0
         self.tasks = 0  # sampled when /metrics is read
+        self.accept_errors = 0
 
     def fail(self, reason: str) -> None:
         """Count a failed handshake."""
@@ -155,26 +161,18 @@ class Metrics:
         )
         metric("tasks", "gauge", "Tasks in the server's event loop.", [("", self.tasks)])
         metric(
+            "accept_errors_total",
+            "counter",
+            "accept() failures for lack of resources (file descriptors).",
+            [("", self.accept_errors)],
+        )
+        metric(
             "push_duration_seconds_last",
             "gauge",
             "Fan-out time of the last tick.",
             [("", self.push_seconds_last)],
         )
         return ("\n".join(out) + "\n").encode()
-
-
-class _TLSListener(TLSListener):
-    """anyio's TLS listener, logging a failed TLS handshake as one line, not a traceback.
-
-    A port scanner or a plaintext client is not a server error.
-    """
-
-    @staticmethod
-    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
-        await anyio.aclose_forcefully(stream)
-        if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
-            raise exc
-        logger.info("TLS handshake failed: %s", type(exc).__name__)
 
 
 class _Client:
@@ -380,17 +378,11 @@ class Server:
 
         On cancellation every client gets close code 1001 (going away), bounded in time.
         """
-        listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(
+        self._raise_fd_limit()
+        multi = await anyio.create_tcp_listener(
             local_host=self.config.host, local_port=self.config.port, reuse_port=False
         )
-        self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
-        if self._ssl is not None:
-            listener = _TLSListener(
-                listener,
-                self._ssl,
-                standard_compatible=False,
-                handshake_timeout=self.config.handshake_timeout,
-            )
+        self.port = int(multi.extra(anyio.abc.SocketAttribute.local_port))
         scheme = "wss" if self._ssl else "ws"
         logger.info(
             "listening on %s://%s:%d%s (key id %s, tick %.3fs)",
@@ -401,14 +393,50 @@ class Server:
             self.keyring.primary.key_id.hex(),
             self.config.tick_interval,
         )
-        async with listener, anyio.create_task_group() as tg:
+        async with multi, anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._ticker)
             tg.start_soon(self._pinger)
-            tg.start_soon(listener.serve, self._handle, tg)
+            for listener in multi.listeners:
+                assert isinstance(listener, anyio.abc.SocketListener)
+                tg.start_soon(self._accept_loop, listener, tg)
             task_status.started(self.port)
         # Not reached: serve() runs until cancelled. On cancellation each WebSocket
         # connection says goodbye itself (close 1001), shielded and bounded in time.
+
+    async def _accept_loop(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        # Our own loop rather than anyio's serve(): running out of file descriptors
+        # (EMFILE) must slow accepting down, not take the whole server with it.
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY:
+                    raise
+                self.metrics.accept_errors += 1
+                logger.warning("accept failed (%s): retrying in 0.1 s", exc.strerror)
+                await anyio.sleep(0.1)
+                continue
+            tg.start_soon(self._handle, stream)
+
+    def _raise_fd_limit(self) -> None:
+        """Raise the soft descriptor limit toward max_connections, as far as allowed."""
+        want = self.config.max_connections + 64
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft < want:
+            logger.warning(
+                "open file limit %d is below max_connections %d: raise it (ulimit -n)"
+                " or lower max_connections",
+                soft,
+                self.config.max_connections,
+            )
 
     # -- one connection ------------------------------------------------------------------
 
@@ -416,6 +444,8 @@ class Server:
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
         try:
+            if self._ssl is not None:
+                stream = await self._tls(stream)
             if self.metrics.connections_active > self.config.max_connections:
                 self.metrics.rejected_full += 1
                 await self._http_reply(stream, "-", 503, {"error": "server full"})
@@ -428,6 +458,18 @@ class Server:
         finally:
             self.metrics.connections_active -= 1
             await anyio.aclose_forcefully(stream)
+
+    async def _tls(self, stream: anyio.abc.ByteStream) -> anyio.abc.ByteStream:
+        assert self._ssl is not None
+        try:
+            with anyio.fail_after(self.config.handshake_timeout):
+                return await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=self._ssl, standard_compatible=False
+                )
+        except (TimeoutError, ssl.SSLError, *STREAM_ERRORS) as exc:
+            # A port scanner or a plaintext client is not a server error: one line.
+            logger.info("TLS handshake failed: %s", type(exc).__name__)
+            raise anyio.BrokenResourceError from None
 
     async def _read_head(self, stream: anyio.abc.ByteStream) -> tuple[bytes, bytes] | int:
         """Return (head, rest) or the HTTP status of the failure (400 or 408)."""

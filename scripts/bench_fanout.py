@@ -50,7 +50,7 @@ def raise_fd_limit() -> int:
 # -- servers (child process) ---------------------------------------------------------------
 
 
-def run_arraycrypto_server(interval: float) -> None:
+def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
     import anyio
 
     from arraycrypto.server import Server
@@ -72,10 +72,10 @@ def run_arraycrypto_server(interval: float) -> None:
             port = await tg.start(server.run)
             print(f"PORT {port}", flush=True)
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": True} if uvloop else {})
 
 
-def run_baseline_server(interval: float) -> None:
+def run_baseline_server(interval: float, uvloop: bool = False) -> None:
     import websockets
     from websockets.asyncio.server import ServerConnection, serve
 
@@ -130,7 +130,12 @@ def run_baseline_server(interval: float) -> None:
             print(f"PORT {port}", flush=True)
             await ticker()
 
-    asyncio.run(main())
+    if uvloop:
+        import uvloop as uv  # type: ignore[import-not-found, unused-ignore]
+
+        uv.run(main())
+    else:
+        asyncio.run(main())
 
 
 # -- light clients (child process) -----------------------------------------------------------
@@ -302,10 +307,10 @@ def read_tagged(proc: subprocess.Popen[str], tag: str, timeout: float) -> str:
     raise TimeoutError(tag)
 
 
-def measure(mode: str, n: int, ticks: int, interval: float) -> dict[str, Any]:
+def measure(mode: str, n: int, ticks: int, interval: float, loop: str) -> dict[str, Any]:
     me = os.path.abspath(__file__)
     server = subprocess.Popen(
-        [sys.executable, me, "_server", mode, str(interval)],
+        [sys.executable, me, "_server", mode, str(interval), loop],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -341,7 +346,9 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_server":
         raise_fd_limit()
         mode, interval = sys.argv[2], float(sys.argv[3])
-        (run_arraycrypto_server if mode == "arraycrypto" else run_baseline_server)(interval)
+        use_uvloop = len(sys.argv) > 4 and sys.argv[4] == "uvloop"
+        run = run_arraycrypto_server if mode == "arraycrypto" else run_baseline_server
+        run(interval, use_uvloop)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "_clients":
         port, n, ticks, tick_s = sys.argv[2:6]
@@ -352,6 +359,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--ticks", type=int, default=10, help="ticks measured per run")
     parser.add_argument("--interval", type=float, default=1.0, help="tick interval, s")
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of both servers (uvloop must be installed)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     limit = raise_fd_limit()
@@ -362,7 +375,7 @@ def main() -> int:
     rows = []
     for n in args.clients:
         for mode in ("arraycrypto", "baseline"):
-            rows.append(measure(mode, n, args.ticks, args.interval))
+            rows.append(measure(mode, n, args.ticks, args.interval, args.loop))
             if not args.json:
                 r = rows[-1]
                 print(f"  measured {mode} N={n}: p99 {r['p99_ms']:.1f} ms", file=sys.stderr)

@@ -218,7 +218,7 @@ async def http_get(port: int, path: str, **headers: str) -> tuple[int, dict[str,
 
 @contextmanager
 def serve_process(
-    *args: str, port: int = 0
+    *args: str, port: int = 0, **popen: Any
 ) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
     """Start ``python -m arraycrypto serve``; yield it, its port and the lines read."""
     args = ("--port", str(port), *args)
@@ -227,6 +227,7 @@ def serve_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        **popen,
     )
     try:
         assert proc.stdout is not None

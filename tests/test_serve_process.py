@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import stat
@@ -147,3 +148,53 @@ def test_serve_reports_a_missing_certificate(tmp_path: Path) -> None:
     assert "tls_certfile" in result.stderr
     assert "Traceback" not in result.stderr
     assert base64.b64encode(config.secret_key).decode() not in result.stderr
+
+
+def _low_fd_limit() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+async def test_running_out_of_descriptors_slows_accepting_but_never_crashes(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    config_path = tmp_path / "c.json"
+    load_server_config(config_path)
+    data = json.loads(config_path.read_text())
+    data.update(http_read_timeout=0.3, max_connections=1000)
+    config_path.write_text(json.dumps(data))
+    with serve_process("--config", str(config_path), preexec_fn=_low_fd_limit) as (
+        proc,
+        port,
+        seen,
+    ):
+        assert any("open file limit 64 is below max_connections" in line for line in seen)
+        hogs = []
+        for _ in range(120):  # more than the 64 descriptors the server may hold
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            hogs.append(s)
+        await anyio.sleep(1.0)
+        for s in hogs:
+            s.close()
+        with anyio.fail_after(20):
+            while True:
+                try:
+                    status, _, body = await http_get(port, "/metrics")
+                except OSError:
+                    status = 0
+                if status == 200:
+                    break
+                await anyio.sleep(0.1)
+        assert proc.poll() is None
+        errors = [
+            line
+            for line in body.decode().splitlines()
+            if line.startswith("arraycrypto_accept_errors_total ")
+        ]
+        assert float(errors[0].split()[1]) > 0
