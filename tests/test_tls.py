@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import ssl
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 import trustme
 
-from arraycrypto import CryptoClient, CryptoConfig, SnapshotError
+from arraycrypto import CryptoClient, CryptoConfig, ServerConfig, SnapshotError
 from arraycrypto import messages as m
 
 from .helpers import SECRET
@@ -34,13 +35,24 @@ def tls_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
     return pem, ca_file
 
 
+def tls_server(pem: Path) -> ServerConfig:
+    return server_config(tls_certfile=str(pem), tls_keyfile=str(pem))
+
+
+def tls_client(port: int, ca_file: Path | None, **overrides: Any) -> CryptoConfig:
+    return CryptoConfig(
+        server_url=f"https://{HOST}:{port}",
+        secret_key=SECRET,
+        ca_file=str(ca_file) if ca_file else None,
+        **overrides,
+    )
+
+
 async def test_client_over_wss(tls_files: tuple[Path, Path]) -> None:
     pem, ca_file = tls_files
-    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+    async with running_server(tls_server(pem)) as server:
         assert server.port
-        config = CryptoConfig(
-            server_url=f"https://{HOST}:{server.port}", secret_key=SECRET, ca_file=str(ca_file)
-        )
+        config = tls_client(server.port, ca_file)
         async with CryptoClient(config) as client:
             await client.authenticate()
             token = await client.encrypt_message("over tls")
@@ -52,7 +64,7 @@ async def test_https_shim_and_raw_wss(ca: trustme.CA, tls_files: tuple[Path, Pat
     pem, _ = tls_files
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+    async with running_server(tls_server(pem)) as server:
         assert server.port
         stream = await anyio.connect_tcp(
             HOST,
@@ -82,14 +94,9 @@ async def test_https_shim_and_raw_wss(ca: trustme.CA, tls_files: tuple[Path, Pat
 
 async def test_untrusted_certificate_is_refused(tls_files: tuple[Path, Path]) -> None:
     pem, _ = tls_files
-    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+    async with running_server(tls_server(pem)) as server:
         assert server.port
-        config = CryptoConfig(
-            server_url=f"https://{HOST}:{server.port}",
-            secret_key=SECRET,
-            snapshot_timeout=0.5,
-            reconnect_max_delay=0.1,
-        )
+        config = tls_client(server.port, None, snapshot_timeout=0.5, reconnect_max_delay=0.1)
         async with CryptoClient(config) as client:
             with pytest.raises(SnapshotError, match="no snapshot"):
                 await client.authenticate()
@@ -99,11 +106,9 @@ async def test_plaintext_to_a_tls_port_does_not_hurt_others(
     ca: trustme.CA, tls_files: tuple[Path, Path]
 ) -> None:
     pem, ca_file = tls_files
-    async with running_server(server_config(tls_certfile=str(pem), tls_keyfile=str(pem))) as server:
+    async with running_server(tls_server(pem)) as server:
         assert server.port
-        config = CryptoConfig(
-            server_url=f"https://{HOST}:{server.port}", secret_key=SECRET, ca_file=str(ca_file)
-        )
+        config = tls_client(server.port, ca_file)
         async with CryptoClient(config) as client:
             await client.authenticate()
             async with await anyio.connect_tcp(HOST, server.port) as plain:
