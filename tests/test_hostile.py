@@ -49,6 +49,7 @@ async def test_hostile_cases_get_documented_outcomes_and_leak_nothing() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             ticks_before = server.metrics.ticks
+            skipped_before = server.metrics.ticks_skipped
             limit = anyio.Semaphore(20)
 
             async def one(case_index: int) -> None:
@@ -63,13 +64,16 @@ async def test_hostile_cases_get_documented_outcomes_and_leak_nothing() -> None:
                 for i in range(len(cases)):
                     runs.start_soon(one, i)
             made = server.metrics.ticks - ticks_before
+            skipped = server.metrics.ticks_skipped - skipped_before
             tg.cancel_scope.cancel()
         assert not wrong, wrong[:10]
         assert sum(outcomes.values()) == len(cases)
-        # The witness got every tick made while the cases ran, in order, none skipped.
+        # The witness got every snapshot made while the cases ran, in order. A gap in
+        # tick numbers is allowed only where the server itself skipped a tick (its loop
+        # stalled past a whole interval on a loaded machine), never a lost push.
         assert len(ticks_seen) >= made - 1
         assert ticks_seen == sorted(set(ticks_seen))
-        assert ticks_seen[-1] - ticks_seen[0] == len(ticks_seen) - 1
+        assert ticks_seen[-1] - ticks_seen[0] - (len(ticks_seen) - 1) <= skipped
         await witness.aclose()
         with anyio.move_on_after(5):
             while (
