@@ -132,6 +132,8 @@ class CryptoClient:
         self._changed = anyio.Event()
         self._auth_error: AuthenticationError | None = None
         self._lost_at: float | None = None  # monotonic time the connection was lost
+        self._failure: str | None = None  # why the last connection attempt ended
+        self._rejected: str | None = None  # why the last rejected snapshot was rejected
         # Weak: an abandoned iterator (a `break` out of `async for`) just goes away.
         self._watchers: weakref.WeakSet[SnapshotWatch] = weakref.WeakSet()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -290,13 +292,23 @@ class CryptoClient:
             return CryptoError("use `async with CryptoClient(...)` to connect first")
         if self._auth_error is not None and self._cipher is None:
             return AuthenticationError(str(self._auth_error))  # fresh: no traceback pile-up
+        # Say why, so an operator can tell a dead server from a clock or config problem.
+        why = []
+        if self._rejected is not None:
+            why.append(f"last snapshot rejected: {self._rejected}")
+        if self._failure is not None and self._state is not ConnectionState.CONNECTED:
+            why.append(f"last connection error: {self._failure}")
+        detail = f" ({'; '.join(why)})" if why else ""
         if self._cipher is None:
-            return SnapshotError("no snapshot from the server yet")
+            return SnapshotError(f"no snapshot from the server yet{detail}")
         age = (self._clock() * 1000 - self._cipher.snapshot.timestamp) / 1000
-        down = f"{time.monotonic() - self._lost_at:.1f}" if self._lost_at else "?"
+        if self._lost_at is None:
+            down = "connected, but no fresh snapshot accepted"
+        else:
+            down = f"server unreachable for {time.monotonic() - self._lost_at:.1f} s"
         return SnapshotError(
             f"expired snapshot: {age:.1f} s old (max_drift {self.config.max_drift} s);"
-            f" server unreachable for {down} s"
+            f" {down}{detail}"
         )
 
     async def _wait_cipher(self) -> SnapshotCipher:
@@ -333,6 +345,7 @@ class CryptoClient:
                 self._auth_error = exc
                 attempt = 64
             except (*STREAM_ERRORS, ProtocolError, TimeoutError, ssl.SSLError) as exc:
+                self._failure = f"{url}: {exc or type(exc).__name__}"
                 logger.info("%s: connection failed: %s", url, exc or type(exc).__name__)
             self.server_url = None
             if self.closed:  # close() ran while we were connected
@@ -427,6 +440,7 @@ class CryptoClient:
                 elif isinstance(result, Accepted):
                     self._install(result.snapshot)
                 else:
+                    self._rejected = result.reason
                     logger.warning("%s: dropped a snapshot: %s", url, result.reason)
             if protocol.handshake_exc is not None:
                 raise ProtocolError(f"WebSocket upgrade failed: {protocol.handshake_exc}")
@@ -443,6 +457,8 @@ class CryptoClient:
         self._encrypt = cipher.encrypt
         self._expires = (snapshot.timestamp + self._max_drift_ms) / 1000
         self._last_tick = snapshot.tick
+        self._rejected = None
+        self._failure = None
         self._notify()
         for watch in list(self._watchers):
             watch._push(snapshot)

@@ -206,6 +206,21 @@ async def test_before_first_snapshot_encrypt_waits_then_fails() -> None:
         )
 
 
+async def test_errors_say_why_there_is_no_snapshot() -> None:
+    async with running_server() as server:  # signs with 16-byte signatures
+        assert server.port
+        config = client_config(server.port, hash_size=32, snapshot_timeout=0.5)
+        async with CryptoClient(config) as client:
+            with pytest.raises(SnapshotError, match="signature shorter than hash_size"):
+                await client.authenticate()
+    listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    async with CryptoClient(client_config(port, snapshot_timeout=0.5)) as client:
+        with pytest.raises(SnapshotError, match="last connection error"):
+            await client.authenticate()
+
+
 async def test_outside_context_is_a_clear_error() -> None:
     client = CryptoClient(client_config(1))
     with pytest.raises(CryptoError, match="async with"):
