@@ -69,16 +69,21 @@ def test_serve_keeps_an_existing_config(tmp_path: Path) -> None:
     assert load_server_config(config_path).secret_key == first.secret_key
 
 
-def test_serve_rejects_a_broken_config(tmp_path: Path) -> None:
-    config_path = tmp_path / "c.json"
-    config_path.write_text('{"secret_key": "AAAA", "port": "x"}')
-    result = subprocess.run(
+def serve_once(config_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``arraycrypto serve`` expecting it to refuse to start (bounded)."""
+    return subprocess.run(
         [sys.executable, "-m", "arraycrypto", "serve", "--config", str(config_path)],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_serve_rejects_a_broken_config(tmp_path: Path) -> None:
+    config_path = tmp_path / "c.json"
+    config_path.write_text('{"secret_key": "AAAA", "port": "x"}')
+    result = serve_once(config_path)
     assert result.returncode == 2
     assert "c.json" in result.stderr
     assert "Traceback" not in result.stderr
@@ -137,13 +142,7 @@ def test_serve_reports_a_missing_certificate(tmp_path: Path) -> None:
     data = json.loads(config_path.read_text())
     data.update(tls_certfile=str(tmp_path / "no.pem"), tls_keyfile=str(tmp_path / "no.pem"))
     config_path.write_text(json.dumps(data))
-    result = subprocess.run(
-        [sys.executable, "-m", "arraycrypto", "serve", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = serve_once(config_path)
     assert result.returncode == 2
     assert "tls_certfile" in result.stderr
     assert "Traceback" not in result.stderr
