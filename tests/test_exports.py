@@ -11,7 +11,7 @@ import pytest
 import arraycrypto
 
 PACKAGE = Path(arraycrypto.__file__).parent
-PURE = ["_crypto.py", "_protocol.py", "messages.py", "config.py", "exceptions.py"]
+PURE = ["_crypto.py", "_protocol.py", "_http.py", "messages.py", "config.py", "exceptions.py"]
 # No event loop, no sockets, no clock in the pure core (config reads its file, nothing else).
 FORBIDDEN = {
     "anyio",
