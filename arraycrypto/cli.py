@@ -90,6 +90,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_config(args: argparse.Namespace) -> int:
+    """Write a client config holding the server's secret (0600, never overwritten)."""
+    from .config import CryptoConfig, save_config
+
+    try:
+        server = load_server_config(args.server_config, create=False)
+        config = CryptoConfig(server_url=args.url, secret_key=server.secret_key)
+    except ConfigError as exc:
+        print(f"arraycrypto: {exc}", file=sys.stderr)
+        return 2
+    try:
+        save_config(args.output, config, exclusive=True)
+    except FileExistsError:
+        print(f"arraycrypto: {args.output} exists; not overwriting it", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} (mode 0600) for {args.url}", file=sys.stderr)
+    return 0
+
+
 def _client_main(args: argparse.Namespace) -> int:
     """Run encrypt / decrypt / watch; map our errors to a message and exit code 1."""
     _setup_logging(args.verbose, level=logging.WARNING)
@@ -187,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_serve)
+
+    client_config = sub.add_parser(
+        "client-config", help="write a client_config.json with the server's secret (0600)"
+    )
+    client_config.add_argument("--server-config", default="server_config.json")
+    client_config.add_argument("--url", default="http://localhost:8000", help="server_url")
+    client_config.add_argument("--output", default="client_config.json")
+    client_config.set_defaults(func=_client_config)
 
     for name, func, text in (
         ("encrypt", _encrypt, "encrypt stdin to stdout (needs the server for a snapshot)"),

@@ -129,3 +129,41 @@ def test_watch_prints_snapshots_until_interrupted(configs: tuple[Path, Path], ba
     ticks = [line["tick"] for line in lines]
     assert ticks == sorted(set(ticks))
     assert all(line["type"] == "snapshot" for line in lines)
+
+
+def test_client_config_from_the_server_config(tmp_path: Path) -> None:
+    import stat
+
+    from arraycrypto import load_client_config, load_server_config
+
+    server_path = tmp_path / "server_config.json"
+    server = load_server_config(server_path)
+    out = tmp_path / "client_config.json"
+    args = (
+        "client-config",
+        "--server-config",
+        str(server_path),
+        "--url",
+        "http://example.invalid:9000",
+        "--output",
+        str(out),
+    )
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    client = load_client_config(out)
+    assert client.secret_key == server.secret_key
+    assert client.server_url == "http://example.invalid:9000"
+    assert server.secret_key.hex() not in (result.stdout + result.stderr).decode()
+    again = cli(*args)  # never overwrites a config holding a secret
+    assert again.returncode == 1
+    assert b"not overwriting" in again.stderr
+    missing = cli(
+        "client-config",
+        "--server-config",
+        str(tmp_path / "nope.json"),
+        "--output",
+        str(tmp_path / "x.json"),
+    )
+    assert missing.returncode == 2
+    assert not (tmp_path / "x.json").exists()
