@@ -177,8 +177,7 @@ class RawClient:
 
 
 def current_ms() -> int:
-    import time
-
+    """Wall-clock milliseconds, the unit of snapshot timestamps."""
     return int(time.time() * 1000)
 
 
