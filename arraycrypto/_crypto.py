@@ -315,9 +315,6 @@ class Keyring:
     def __reduce__(self) -> NoReturn:
         raise TypeError("Keyring holds secrets and cannot be pickled")
 
-    def __contains__(self, key_id: object) -> bool:
-        return key_id in self._by_id
-
     def key(self, key_id: bytes) -> Key | None:
         """Return the key named by ``key_id``, or ``None`` if this keyring lacks it."""
         return self._by_id.get(key_id)

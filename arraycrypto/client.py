@@ -121,7 +121,6 @@ class CryptoClient:
         self.keyring = Keyring(self.config.secret_key, old=self.config.old_secret_keys)
         self._clock = clock
         self._urls = [self.config.server_url, *self.config.server_urls]
-        self._max_drift_ms = self.config.max_drift * 1000
         self._cipher: SnapshotCipher | None = None
         # The hot path reads only these two: the cached snapshot's bound encrypt, and
         # the wall-clock second after which it is older than max_drift (0: no snapshot).
@@ -455,7 +454,7 @@ class CryptoClient:
         cipher = self.keyring.cipher(snapshot)  # verified by the session; cached here
         self._cipher = cipher
         self._encrypt = cipher.encrypt
-        self._expires = (snapshot.timestamp + self._max_drift_ms) / 1000
+        self._expires = snapshot.timestamp / 1000 + self.config.max_drift
         self._last_tick = snapshot.tick
         self._rejected = None
         self._failure = None

@@ -64,10 +64,10 @@ def _json(obj: Any) -> bytes:
 class Metrics:
     """Counters exported on ``GET /metrics`` (Prometheus text format)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clients: set[Any]) -> None:
+        self._clients = clients  # the server's live set: `subscribed` is derived from it
         self.connections_total = 0
         self.connections_active = 0
-        self.subscribed = 0
         self.handshakes_ok = 0
         self.handshakes_failed: dict[str, int] = {}
         self.ticks = 0
@@ -81,6 +81,11 @@ class Metrics:
         self.push_seconds_last = 0.0
         self.tasks = 0  # sampled when /metrics is read
         self.accept_errors = 0
+
+    @property
+    def subscribed(self) -> int:
+        """Authenticated clients currently in the fan-out."""
+        return len(self._clients)
 
     def fail(self, reason: str) -> None:
         """Count a failed handshake."""
@@ -212,11 +217,11 @@ class Server:
     def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.keyring = Keyring(config.secret_key)
-        self.metrics = Metrics()
+        self._clients: set[_Client] = set()
+        self.metrics = Metrics(self._clients)
         self.port: int | None = None
         self._clock = clock
         self._started = time.monotonic()
-        self._clients: set[_Client] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._interval_ms = round(config.tick_interval * 1000)
         self.snapshot: Snapshot = self._make_snapshot(self._current_tick())
@@ -340,7 +345,6 @@ class Server:
         """Disconnect a client without a closing handshake (it is not reading)."""
         if client in self._clients:
             self._clients.discard(client)
-            self.metrics.subscribed = len(self._clients)
             # Closing the stream ends its reader (end of input) and any blocked writer.
             assert self._tg is not None
             self._tg.start_soon(client.conn.aclose)
@@ -483,7 +487,8 @@ class Server:
                 if len(buffer) > limit:
                     return 400
                 try:
-                    buffer += await stream.receive(limit + 4 - len(buffer) + 1)
+                    # Never more than one byte past the limit: enough to refuse it.
+                    buffer += await stream.receive(limit + 1 - len(buffer))
                 except anyio.EndOfStream:
                     return 400 if buffer else 0
         return 408
@@ -530,7 +535,6 @@ class Server:
 
     async def _http_shim(self, stream: anyio.abc.ByteStream, request: _http.RequestHead) -> None:
         path = request.path
-        known = path in ("/snapshot", "/health", "/metrics")
         if request.method not in ("GET", "HEAD"):
             body: dict[str, str] = {"error": "method not allowed"}
             if path == "/handshake":
@@ -544,7 +548,7 @@ class Server:
                 "timestamp": self._now_ms(),
                 "tick": self.snapshot.tick,
                 "connections": self.metrics.connections_active,
-                "subscribed": len(self._clients),
+                "subscribed": self.metrics.subscribed,
                 "uptime": round(time.monotonic() - self._started, 3),
             }
             await self._http_reply(stream, path, 200, health, request)
@@ -559,9 +563,7 @@ class Server:
                 content_type="text/plain; version=0.0.4",
             )
         else:
-            await self._http_reply(
-                stream, "other" if not known else path, 404, {"error": "not found"}, request
-            )
+            await self._http_reply(stream, path, 404, {"error": "not found"}, request)
 
     async def _http_reply(
         self,
@@ -638,12 +640,10 @@ class Server:
     async def _subscribed(self, conn: WSConnection, session: ServerSession) -> None:
         client = _Client(conn, session.session_id)
         self._clients.add(client)
-        self.metrics.subscribed = len(self._clients)
         try:
             await self._reader(client, session)
         finally:
             self._clients.discard(client)
-            self.metrics.subscribed = len(self._clients)
             logger.debug("session %s ended", session.session_id)
 
     async def _handshake(self, conn: WSConnection, session: ServerSession) -> bool:
