@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -11,6 +12,9 @@ import pytest
 
 from arraycrypto import CloseCode, Keyring
 from arraycrypto import messages as m
+from arraycrypto._protocol import ServerSession
+from arraycrypto._transport import WSConnection
+from arraycrypto.server import Server
 
 from .helpers import OTHER, SECRET
 from .netutil import (
@@ -427,3 +431,63 @@ async def test_silent_connections_are_closed_and_counted() -> None:
         with anyio.fail_after(5):
             while server.metrics.connections_active:
                 await anyio.sleep(0.01)
+
+
+async def test_ended_connections_are_freed_without_the_cycle_collector() -> None:
+    # A connection that ends (abruptly, cleanly, or refused) must be freed by reference
+    # counting: a reference cycle would keep it until a full collection, which the
+    # server makes rare (server._tune_gc) because at 10 000 connections it stalls the
+    # loop for half a second.
+    from websockets.client import ClientProtocol
+    from websockets.server import ServerProtocol
+
+    ours = (ServerProtocol, ClientProtocol, WSConnection, ServerSession, Server)
+    gc.collect()
+    gc.disable()
+    try:
+        async with running_server() as server:
+            assert server.port
+            for ending in ("abrupt", "close", "refused"):
+                client = await RawClient.connect(server.port)
+                if ending == "refused":
+                    await client.recv_message()
+                    await client.send_text(b"{}")
+                    await client.wait_closed()
+                    continue
+                await client.handshake()
+                if ending == "close":
+                    client.protocol.send_close(1000, "bye")
+                    await client.conn.flush()
+                    await client.wait_closed()
+                else:
+                    await client.aclose()
+            del client
+            with anyio.fail_after(5):
+                while server.metrics.connections_active:
+                    await anyio.sleep(0.01)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert leaked == []
+
+
+def test_gc_thresholds_are_only_ever_raised() -> None:
+    from arraycrypto.server import _GC_THRESHOLDS, _tune_gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        _tune_gc()
+        assert gc.get_threshold() == _GC_THRESHOLDS
+        gc.set_threshold(50_000, 5, 1000)  # an application's own, larger settings win
+        _tune_gc()
+        assert gc.get_threshold() == (50_000, 10, 1000)
+        gc.set_threshold(0)  # automatic collection switched off: stays off
+        _tune_gc()
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*saved)
