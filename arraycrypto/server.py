@@ -24,6 +24,7 @@ import logging
 import os
 import resource
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any, Final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 from anyio.streams.tls import TLSStream
 from websockets.frames import Frame, Opcode
@@ -56,6 +58,7 @@ _LINGER_BYTES = 1 << 20
 _CLOSE_TIMEOUT = 2.0
 # accept() errors that mean "out of resources for now", not "the listener is broken".
 _ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BATCH = 256  # connections accepted per wake-up before yielding to other tasks
 
 
 # Collector thresholds while a server runs (see _tune_gc): young collections every
@@ -437,19 +440,42 @@ class Server:
     async def _accept_loop(
         self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
     ) -> None:
-        # Our own loop rather than anyio's serve(): running out of file descriptors
-        # (EMFILE) must slow accepting down, not take the whole server with it.
+        # Our own loop rather than anyio's serve() or listener.accept(): it accepts every
+        # pending connection per wake-up (a reconnect storm arrives all at once) and
+        # leaves wrapping the socket to the connection's own task, instead of one
+        # checkpoint, cancel scope and transport setup per accept in this loop. And
+        # running out of file descriptors (EMFILE) slows accepting down, it never takes
+        # the whole server with it.
+        sock = listener.extra(anyio.abc.SocketAttribute.raw_socket)
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_RETRY:
-                    raise
-                self.metrics.accept_errors += 1
-                logger.warning("accept failed (%s): retrying in 0.1 s", exc.strerror)
-                await anyio.sleep(0.1)
-                continue
-            tg.start_soon(self._handle, stream)
+            await anyio.wait_readable(sock)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    client, _addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break  # none pending
+                except ConnectionAbortedError:
+                    continue  # reset before we got to it
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RETRY:
+                        raise
+                    self.metrics.accept_errors += 1
+                    logger.warning("accept failed (%s): retrying in 0.1 s", exc.strerror)
+                    await anyio.sleep(0.1)
+                    break
+                tg.start_soon(self._handle_socket, client)
+            else:
+                await anyio.lowlevel.checkpoint()  # a long batch: let the others run
+
+    async def _handle_socket(self, sock: socket.socket) -> None:
+        try:
+            # Small frames must leave at once (pushes, the welcome): no Nagle delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = await anyio.abc.SocketStream.from_socket(sock)
+        except OSError:
+            sock.close()  # the peer is already gone
+            return
+        await self._handle(stream)
 
     def _raise_fd_limit(self) -> None:
         """Raise the soft descriptor limit toward max_connections, as far as allowed."""
