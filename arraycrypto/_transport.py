@@ -35,10 +35,18 @@ _READ_SIZE = 65536
 
 
 class WSConnection:
-    """A websockets protocol object driven over an anyio byte stream."""
+    """A websockets protocol object driven over an anyio byte stream.
+
+    ``raw_socket`` is the socket under ``stream`` when the caller already holds it
+    (the server's accept loop); otherwise it is looked up.
+    """
 
     def __init__(
-        self, stream: anyio.abc.ByteStream, protocol: ServerProtocol | ClientProtocol
+        self,
+        stream: anyio.abc.ByteStream,
+        protocol: ServerProtocol | ClientProtocol,
+        *,
+        raw_socket: socket.socket | None = None,
     ) -> None:
         self.stream = stream
         self.protocol = protocol
@@ -49,7 +57,7 @@ class WSConnection:
         self._writing = False
         self._write_free: anyio.Event | None = None
         self._eof_sent = False
-        self._direct_sock, self._direct_transport = _direct_path(stream)
+        self._direct_sock, self._direct_transport = _direct_path(stream, raw_socket)
 
     @property
     def can_write_now(self) -> bool:
@@ -209,7 +217,7 @@ def _running_trio() -> bool:
 
 
 def _direct_path(
-    stream: anyio.abc.ByteStream,
+    stream: anyio.abc.ByteStream, sock: socket.socket | None
 ) -> tuple[socket.socket | None, asyncio.WriteTransport | None]:
     """Find the socket under a plain TCP stream, for synchronous writes when it is idle.
 
@@ -221,10 +229,11 @@ def _direct_path(
     """
     if isinstance(stream, TLSStream):
         return None, None
-    try:
-        sock = stream.extra(SocketAttribute.raw_socket)
-    except TypedAttributeLookupError:
-        return None, None
+    if sock is None:  # the caller may know it: extra() builds all attributes per call
+        try:
+            sock = stream.extra(SocketAttribute.raw_socket)
+        except TypedAttributeLookupError:
+            return None, None
     if _running_trio():
         return sock, None
     transport = getattr(stream, "_transport", None)

@@ -463,19 +463,10 @@ class Server:
                     logger.warning("accept failed (%s): retrying in 0.1 s", exc.strerror)
                     await anyio.sleep(0.1)
                     break
-                tg.start_soon(self._handle_socket, client)
+                # A fixed task name: deriving one from the function costs per connection.
+                tg.start_soon(self._handle, client, name="arraycrypto connection")
             else:
                 await anyio.lowlevel.checkpoint()  # a long batch: let the others run
-
-    async def _handle_socket(self, sock: socket.socket) -> None:
-        try:
-            # Small frames must leave at once (pushes, the welcome): no Nagle delay.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            stream = await anyio.abc.SocketStream.from_socket(sock)
-        except OSError:
-            sock.close()  # the peer is already gone
-            return
-        await self._handle(stream)
 
     def _raise_fd_limit(self) -> None:
         """Raise the soft descriptor limit toward max_connections, as far as allowed."""
@@ -496,7 +487,14 @@ class Server:
 
     # -- one connection ------------------------------------------------------------------
 
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+    async def _handle(self, sock: socket.socket) -> None:
+        try:
+            # Small frames must leave at once (pushes, the welcome): no Nagle delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream: anyio.abc.ByteStream = await anyio.abc.SocketStream.from_socket(sock)
+        except OSError:
+            sock.close()  # the peer is already gone
+            return
         self.metrics.connections_total += 1
         self.metrics.connections_active += 1
         try:
@@ -506,7 +504,7 @@ class Server:
                 self.metrics.rejected_full += 1
                 await self._http_reply(stream, "-", 503, {"error": "server full"})
                 return
-            await self._serve_connection(stream)
+            await self._serve_connection(stream, sock)
         except STREAM_ERRORS:
             pass  # the peer went away
         except Exception:
@@ -545,7 +543,7 @@ class Server:
                     return 400 if buffer else 0
         return 408
 
-    async def _serve_connection(self, stream: anyio.abc.ByteStream) -> None:
+    async def _serve_connection(self, stream: anyio.abc.ByteStream, sock: socket.socket) -> None:
         got = await self._read_head(stream)
         if got == 0:
             return  # connected and closed without a byte
@@ -572,7 +570,7 @@ class Server:
                 (("Upgrade", "websocket"),),
             )
         else:
-            accepted = self._accept_websocket(stream, head + rest)
+            accepted = self._accept_websocket(stream, sock, head + rest)
             # This frame stays suspended for the whole session: drop the request data
             # now (it would cost every connection a few KiB).
             del head, rest, request
@@ -659,7 +657,7 @@ class Server:
     # -- WebSocket -----------------------------------------------------------------------
 
     def _accept_websocket(
-        self, stream: anyio.abc.ByteStream, data: bytes
+        self, stream: anyio.abc.ByteStream, sock: socket.socket, data: bytes
     ) -> tuple[WSConnection, ServerSession] | None:
         """Run the upgrade through websockets and queue the challenge; None if refused."""
         # No extensions offered: compression would double fan-out CPU and stop the frame
@@ -677,7 +675,7 @@ class Server:
             self.keyring.primary, os.urandom(32), secrets.token_hex(6), self.config.tick_interval
         )
         protocol.send_text(session.challenge_message())
-        return WSConnection(stream, protocol), session
+        return WSConnection(stream, protocol, raw_socket=sock), session
 
     async def _websocket(self, conn: WSConnection, session: ServerSession) -> None:
         try:
