@@ -2,6 +2,7 @@
 
     python scripts/bench_fanout.py                       # N = 1000, 5000, 10000
     python scripts/bench_fanout.py --clients 10000 --runs 3   # medians of 3 runs
+    python scripts/bench_fanout.py --tls --clients 1000 5000  # wss on both servers
     python scripts/bench_fanout.py --clients 1000 --ticks 5 --json
 
 For each N, in the same run and with the same hand-made clients (another process):
@@ -17,8 +18,10 @@ process), do the real challenge-response handshake, and record arrival time minu
 ``timestamp`` in each push. The parent process samples the server's CPU time and RSS
 from /proc. Reported per N and server: p50/p99/max delivery latency, server CPU ms per
 tick, server RSS KiB per connection, seconds to connect and authenticate all N.
-With ``--runs R`` each (N, server) pair runs R times, alternating servers, and every
-figure is the median of its R runs (these machines are shared and noisy).
+With ``--tls`` both servers speak wss with a certificate from a throwaway ``trustme``
+CA and the clients verify it. With ``--runs R`` each (N, server) pair runs R times,
+alternating servers, and every figure is the median of its R runs (these machines are
+shared and noisy).
 Only 127.0.0.1 is used; every process started is ended.
 """
 
@@ -31,9 +34,11 @@ import gc
 import json
 import os
 import resource
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -44,6 +49,27 @@ from arraycrypto import messages as m
 
 SECRET = bytes(range(32))
 HOST = "127.0.0.1"
+# Set by the parent for --tls: a directory with cert.pem, key.pem (server) and ca.pem.
+TLS_DIR_ENV = "BENCH_FANOUT_TLS_DIR"
+
+
+def tls_files() -> dict[str, str] | None:
+    """The certificate files of a --tls run, or None for plain TCP."""
+    tls_dir = os.environ.get(TLS_DIR_ENV)
+    if not tls_dir:
+        return None
+    return {name: os.path.join(tls_dir, f"{name}.pem") for name in ("cert", "key", "ca")}
+
+
+def make_tls_dir(tls_dir: str) -> None:
+    """Write a throwaway CA and a server certificate for 127.0.0.1 / localhost."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", HOST)
+    cert.private_key_pem.write_to_path(os.path.join(tls_dir, "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(os.path.join(tls_dir, "cert.pem"))
+    ca.cert_pem.write_to_path(os.path.join(tls_dir, "ca.pem"))
 
 
 def raise_fd_limit() -> int:
@@ -60,6 +86,7 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
 
     from arraycrypto.server import Server
 
+    tls = tls_files()
     config = ServerConfig(
         secret_key=SECRET,
         host=HOST,
@@ -70,6 +97,8 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
         handshake_timeout=60,
         ping_interval=60,
         ping_timeout=60,
+        tls_certfile=tls["cert"] if tls else None,
+        tls_keyfile=tls["key"] if tls else None,
     )
 
     async def main() -> None:
@@ -120,12 +149,19 @@ def run_baseline_server(interval: float, uvloop: bool = False) -> None:
             text = m.encode(m.SnapshotMessage.from_snapshot(snap)).decode()
             websockets.broadcast(clients, text)
 
+    tls = tls_files()
+    ssl_context = None
+    if tls:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(tls["cert"], tls["key"])
+
     async def main() -> None:
         state["snapshot"] = snapshot()
         async with serve(
             handler,
             HOST,
             0,
+            ssl=ssl_context,
             compression=None,
             ping_interval=60,
             ping_timeout=60,
@@ -252,10 +288,18 @@ async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
     bench = ClientBench()
     protocols: list[LightClient] = []
     gate = asyncio.Semaphore(256)  # connections in flight at once
+    tls = tls_files()
+    ssl_context = ssl.create_default_context(cafile=tls["ca"]) if tls else None
 
     async def one() -> None:
         async with gate:
-            _, proto = await loop.create_connection(lambda: LightClient(bench), HOST, port)
+            _, proto = await loop.create_connection(
+                lambda: LightClient(bench),
+                HOST,
+                port,
+                ssl=ssl_context,
+                server_hostname="localhost" if ssl_context else None,
+            )
             protocols.append(proto)
             await asyncio.wait_for(proto.authenticated, 60)
 
@@ -363,6 +407,25 @@ def median_row(results: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every (N, server) pair args.runs times; one median row per pair."""
+    rows: list[dict[str, Any]] = []
+    for n in args.clients:
+        runs: dict[str, list[dict[str, Any]]] = {"arraycrypto": [], "baseline": []}
+        for _ in range(args.runs):
+            for mode, results in runs.items():  # alternate, so drifts hit both alike
+                results.append(measure(mode, n, args.ticks, args.interval, args.loop))
+                if not args.json:
+                    r = results[-1]
+                    print(
+                        f"  measured {mode} N={n}: p99 {r['p99_ms']:.1f} ms,"
+                        f" connect {r['connect_s']:.2f} s",
+                        file=sys.stderr,
+                    )
+        rows.extend(median_row(results) for results in runs.values())
+    return rows
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_server":
         raise_fd_limit()
@@ -387,6 +450,7 @@ def main() -> int:
         help="event loop of both servers (uvloop must be installed)",
     )
     parser.add_argument("--runs", type=int, default=1, help="runs per N and server (medians)")
+    parser.add_argument("--tls", action="store_true", help="wss with a throwaway trustme CA")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     limit = raise_fd_limit()
@@ -394,20 +458,13 @@ def main() -> int:
         print(f"fd limit {limit} is too low for {max(args.clients)} clients", file=sys.stderr)
         return 1
 
-    rows: list[dict[str, Any]] = []
-    for n in args.clients:
-        runs: dict[str, list[dict[str, Any]]] = {"arraycrypto": [], "baseline": []}
-        for _ in range(args.runs):
-            for mode, results in runs.items():  # alternate, so drifts hit both alike
-                results.append(measure(mode, n, args.ticks, args.interval, args.loop))
-                if not args.json:
-                    r = results[-1]
-                    print(
-                        f"  measured {mode} N={n}: p99 {r['p99_ms']:.1f} ms,"
-                        f" connect {r['connect_s']:.2f} s",
-                        file=sys.stderr,
-                    )
-        rows.extend(median_row(results) for results in runs.values())
+    if args.tls:
+        with tempfile.TemporaryDirectory(prefix="bench-fanout-tls-") as tls_dir:
+            make_tls_dir(tls_dir)
+            os.environ[TLS_DIR_ENV] = tls_dir  # inherited by every child process
+            rows = collect(args)
+    else:
+        rows = collect(args)
     by = {(r["server"], r["clients"]): r for r in rows}
     ratios = {}
     for n in args.clients:
@@ -426,7 +483,8 @@ def main() -> int:
         )
         return 0
     print(
-        f"tick {args.interval}s, {args.ticks} ticks measured per run, medians of"
+        f"{'TLS (wss), ' if args.tls else ''}tick {args.interval}s,"
+        f" {args.ticks} ticks measured per run, medians of"
         f" {args.runs} run(s); latency = arrival - snapshot timestamp;"
         " ratio = arraycrypto / baseline"
     )
