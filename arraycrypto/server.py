@@ -34,7 +34,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import msgspec
-from anyio.streams.tls import TLSStream
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -43,7 +42,7 @@ from . import _http
 from . import messages as m
 from ._crypto import SEED_SIZE, Keyring, Snapshot
 from ._protocol import REASONS, CloseCode, ServerSession, ServerState, Violation
-from ._transport import STREAM_ERRORS, WSConnection
+from ._transport import STREAM_ERRORS, ServerTLSStream, WSConnection
 from .config import ServerConfig
 from .exceptions import ConfigError
 
@@ -212,7 +211,6 @@ class _Client:
     """One subscribed WebSocket client: its connection, one-slot mailbox and timers."""
 
     __slots__ = (
-        "backlog",
         "conn",
         "last_pong",
         "pending",
@@ -226,7 +224,6 @@ class _Client:
     def __init__(self, conn: WSConnection, session_id: str) -> None:
         self.conn = conn
         self.session_id = session_id
-        self.backlog = b""  # the unsent tail of a partly written frame: it goes first
         self.pending: bytes | None = None  # the newest unsent snapshot frame (replaceable)
         self.ping_due = False
         self.ping_sent: float | None = None
@@ -307,11 +304,10 @@ class Server:
     def _fan_out(self) -> None:
         started = time.perf_counter()
         frame = self._snapshot_frame
-        size = len(frame)
         now = time.monotonic()
         write_timeout = self.config.write_timeout
         for client in list(self._clients):
-            if client.writing or client.backlog:
+            if client.writing:
                 # Its writer is still busy: replace any unsent older frame, never queue.
                 client.pending = frame
                 if client.write_started is not None and now - client.write_started > write_timeout:
@@ -320,14 +316,12 @@ class Server:
                     self._drop(client)
                 continue
             # Fast path: the socket is idle, so one non-blocking send, no task switch.
-            sent = client.conn.write_now(frame)
-            if sent == size:
-                continue
-            if sent:
-                client.backlog = frame[sent:]
-            else:
-                client.pending = frame
-            self._start_writer(client)
+            conn = client.conn
+            if not conn.write_now(frame):
+                client.pending = frame  # full, or the reader is sending: a writer sends it
+                self._start_writer(client)
+            elif conn.backlogged:
+                self._start_writer(client)  # partly written: the writer sends the rest
         self.metrics.pushes += len(self._clients)
         elapsed = time.perf_counter() - started
         self.metrics.push_seconds_last = elapsed
@@ -350,14 +344,11 @@ class Server:
                         continue
                     if now - client.ping_sent < interval:
                         continue
-                if not (client.writing or client.backlog):
-                    sent = client.conn.write_now(_PING_FRAME)
-                    if sent:
-                        client.ping_sent = now
-                        if sent < len(_PING_FRAME):
-                            client.backlog = _PING_FRAME[sent:]
-                            self._start_writer(client)
-                        continue
+                if not client.writing and client.conn.write_now(_PING_FRAME):
+                    client.ping_sent = now
+                    if client.conn.backlogged:
+                        self._start_writer(client)
+                    continue
                 client.ping_due = True
                 if not client.writing:
                     self._start_writer(client)
@@ -378,14 +369,14 @@ class Server:
             self._tg.start_soon(client.conn.aclose)
 
     async def _writer(self, client: _Client) -> None:
-        """Drain a client's backlog, newest frame and due ping with awaited writes."""
+        """Send what write_now left queued, the newest frame and a due ping, awaiting."""
         conn = client.conn
         try:
             while True:
                 if conn.protocol.state is not State.OPEN:
                     return  # closing: never push after a close frame
-                if client.backlog:
-                    data, client.backlog = client.backlog, b""
+                if conn.backlogged:
+                    data = b""  # send_raw sends the queued bytes first
                 elif client.pending is not None:
                     data, client.pending = client.pending, None
                 elif client.ping_due:
@@ -499,7 +490,7 @@ class Server:
         self.metrics.connections_active += 1
         try:
             if self._ssl is not None:
-                stream = await self._tls(stream)
+                stream = await self._tls(stream, sock)
             if self.metrics.connections_active > self.config.max_connections:
                 self.metrics.rejected_full += 1
                 await self._http_reply(stream, "-", 503, {"error": "server full"})
@@ -513,13 +504,13 @@ class Server:
             self.metrics.connections_active -= 1
             await anyio.aclose_forcefully(stream)
 
-    async def _tls(self, stream: anyio.abc.ByteStream) -> anyio.abc.ByteStream:
+    async def _tls(self, stream: anyio.abc.ByteStream, sock: socket.socket) -> ServerTLSStream:
         assert self._ssl is not None
         try:
             with anyio.fail_after(self.config.handshake_timeout):
-                return await TLSStream.wrap(
-                    stream, server_side=True, ssl_context=self._ssl, standard_compatible=False
-                )
+                # Our own TLS layer, not anyio's TLSStream: it can take the fan-out's
+                # synchronous write path (see ServerTLSStream).
+                return await ServerTLSStream.wrap(stream, self._ssl, sock)
         except (TimeoutError, ssl.SSLError, *STREAM_ERRORS) as exc:
             # A port scanner or a plaintext client is not a server error: one line.
             logger.info("TLS handshake failed: %s", type(exc).__name__)
@@ -646,7 +637,7 @@ class Server:
         # So: half-close, then drain what the client still sends, bounded in time and size.
         with anyio.move_on_after(_LINGER_TIMEOUT):
             try:
-                if not isinstance(stream, TLSStream):
+                if not isinstance(stream, ServerTLSStream):
                     await stream.send_eof()
                 drained = 0
                 while drained < _LINGER_BYTES:

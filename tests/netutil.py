@@ -13,10 +13,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
+import trustme
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
@@ -64,6 +67,17 @@ def server_config(**overrides: Any) -> ServerConfig:
     }
     base.update(overrides)
     return ServerConfig(**base)
+
+
+def with_tls(config: ServerConfig, tmp_path: Path) -> tuple[ServerConfig, ssl.SSLContext]:
+    """``config`` with a certificate from a throwaway trustme CA, and a client context."""
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    tls = msgspec.structs.replace(config, tls_certfile=str(pem), tls_keyfile=str(pem))
+    return tls, context
 
 
 @asynccontextmanager

@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -25,6 +26,7 @@ from .netutil import (
     http_request,
     running_server,
     server_config,
+    with_tls,
 )
 
 pytestmark = pytest.mark.anyio
@@ -256,32 +258,36 @@ async def test_stalled_client_does_not_delay_others_and_is_dropped() -> None:
         await good.aclose()
 
 
-async def test_fan_out_writes_directly_on_plain_tcp() -> None:
-    # The fast path relies on anyio internals (see _transport._direct_path): if they
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_fan_out_writes_directly(tls: bool, tmp_path: Path) -> None:
+    # The fast path relies on anyio internals (see _transport._direct_writer): if they
     # change, this fails rather than the server silently becoming slow.
-    async with running_server() as server:
+    config, context = with_tls(server_config(), tmp_path) if tls else (server_config(), None)
+    async with running_server(config) as server:
         assert server.port
-        client = await RawClient.connect(server.port)
+        client = await RawClient.connect(server.port, ssl_context=context)
         await client.handshake()
         (conn,) = [c.conn for c in server._clients]
         assert conn.can_write_now
+        assert isinstance(await client.recv_message(), m.SnapshotMessage)
         await client.aclose()
 
 
-async def test_blocked_writer_is_dropped_and_others_unaffected() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_blocked_writer_is_dropped_and_others_unaffected(tls: bool, tmp_path: Path) -> None:
     config = server_config(
         tick_interval=0.05, write_timeout=0.3, ping_interval=100, ping_timeout=100
     )
+    context = None
+    if tls:
+        config, context = with_tls(config, tmp_path)
     async with running_server(config) as server:
         assert server.port
-        stalled = await RawClient.connect(server.port)
+        stalled = await RawClient.connect(server.port, ssl_context=context)
         await stalled.handshake()
-        good = await RawClient.connect(server.port)
+        good = await RawClient.connect(server.port, ssl_context=context)
         await good.handshake()
         (victim,) = [c for c in server._clients if c.session_id == stalled.session_id]
-        # Fill the kernel buffers toward the stalled client (which never reads) with
-        # valid server pings, through the server's own connection: the next ticks then
-        # find its socket full and take the slow path (writer task, write_timeout).
         # Keep the kernel buffers toward the stalled client (which never reads) full
         # with valid server pings, written through the server's own connection, so the
         # ticks find its socket full and take the slow path (writer task, then
@@ -289,7 +295,7 @@ async def test_blocked_writer_is_dropped_and_others_unaffected() -> None:
         filler = b"\x89\x00" * 65536
         with anyio.fail_after(20):
             while server.metrics.dropped_slow == 0:
-                while victim.conn.write_now(filler) == len(filler):
+                while victim.conn.write_now(filler) and not victim.conn.backlogged:
                     pass
                 msg = await good.recv_message(timeout=2)
                 assert isinstance(msg, m.SnapshotMessage)

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import trustme
+from websockets.frames import Frame, Opcode
 
-from arraycrypto import CryptoClient, CryptoConfig, ServerConfig, SnapshotError
+from arraycrypto import CryptoClient, CryptoConfig, Keyring, ServerConfig, SnapshotError
 from arraycrypto import messages as m
 
 from .helpers import SECRET
@@ -124,3 +126,43 @@ async def test_plaintext_to_a_tls_port_does_not_hurt_others(
                 async for snapshot in client.watch():
                     if snapshot.tick > tick + 1:
                         break
+
+
+async def test_tls_records_stay_in_order_with_concurrent_writes(
+    ca: trustme.CA, tls_files: tuple[Path, Path]
+) -> None:
+    # Ticks go out through the synchronous fast path while the server's reader answers
+    # the client's pings (pongs) through the awaited path: both make TLS records on one
+    # connection. Any reordering on the wire would break the client's TLS decryption.
+    pem, _ = tls_files
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    config = msgspec.structs.replace(tls_server(pem), tick_interval=0.02)
+    async with running_server(config) as server:
+        assert server.port
+        raw = await RawClient.connect(server.port, ssl_context=context)
+        await raw.handshake()
+        ring = Keyring(SECRET)
+        ticks: list[int] = []
+        pings = pongs = 0
+        frames = list(raw.frames)
+        with anyio.fail_after(20):
+            while len(ticks) < 60 or pongs < pings:
+                if pings < 60 and pings <= len(ticks):
+                    raw.protocol.send_ping(str(pings).encode())
+                    await raw.conn.flush()
+                    pings += 1
+                for frame in frames:
+                    if frame.opcode is Opcode.PONG:
+                        pongs += 1
+                    elif frame.opcode is Opcode.TEXT:
+                        msg = m.decode(bytes(frame.data))
+                        assert isinstance(msg, m.SnapshotMessage)
+                        assert ring.verify_snapshot(msg.to_snapshot())
+                        ticks.append(msg.tick)
+                assert await raw.conn.receive(), "connection lost"
+                frames = [e for e in raw.protocol.events_received() if isinstance(e, Frame)]
+        assert ticks == sorted(set(ticks))
+        assert pongs == pings == 60
+        assert server.metrics.dropped_slow == 0
+        await raw.aclose()
