@@ -224,7 +224,8 @@ class ServerTLSStream(anyio.abc.ByteStream):
                 await self.flush()
                 raise anyio.EndOfStream from None
             except ssl.SSLError as exc:
-                raise anyio.BrokenResourceError(f"TLS error: {exc.reason}") from None
+                reason = exc.reason or type(exc).__name__
+                raise anyio.BrokenResourceError(f"TLS error: {reason}") from None
             await self.flush()
             return result
 
@@ -269,16 +270,17 @@ class ServerTLSStream(anyio.abc.ByteStream):
 
     async def aclose(self) -> None:
         """Send close_notify (best effort, bounded by the caller), then close the socket."""
-        if not self._closed:
-            self._closed = True
-            # SSLWantReadError: our close_notify is queued; we do not wait for theirs.
-            with contextlib.suppress(ssl.SSLError, ValueError):
-                self._ssl.unwrap()
-            try:
-                await self.flush()
-            except (*STREAM_ERRORS, ssl.SSLError):
-                pass
-        await self._transport.aclose()
+        try:
+            if not self._closed:
+                self._closed = True
+                # SSLWantReadError: our close_notify is queued; we do not wait for theirs.
+                with contextlib.suppress(ssl.SSLError, ValueError):
+                    self._ssl.unwrap()
+                with contextlib.suppress(*STREAM_ERRORS):
+                    await self.flush()
+        finally:
+            # Even when cancelled (aclose_forcefully) while sending: never leak the socket.
+            await self._transport.aclose()
 
 
 class WSConnection:

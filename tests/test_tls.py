@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import ssl
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import msgspec
 import pytest
 import trustme
@@ -166,3 +169,84 @@ async def test_tls_records_stay_in_order_with_concurrent_writes(
         assert pongs == pings == 60
         assert server.metrics.dropped_slow == 0
         await raw.aclose()
+
+
+async def test_every_way_a_tls_connection_ends_leaks_nothing(
+    ca: trustme.CA, tls_files: tuple[Path, Path]
+) -> None:
+    pem, _ = tls_files
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    config = msgspec.structs.replace(tls_server(pem), http_read_timeout=0.3, handshake_timeout=0.3)
+
+    async def tls_stream(port: int) -> anyio.abc.ByteStream:
+        return await anyio.connect_tcp(
+            HOST, port, ssl_context=context, tls_hostname="localhost", tls_standard_compatible=False
+        )
+
+    async def subscribed_then_cut(port: int) -> None:
+        raw = await RawClient.connect(port, ssl_context=context)
+        await raw.handshake()
+        await anyio.aclose_forcefully(raw.conn.stream)  # no close frame, no close_notify
+
+    async def subscribed_then_closed(port: int) -> None:
+        raw = await RawClient.connect(port, ssl_context=context)
+        await raw.handshake()
+        raw.protocol.send_close(1000, "bye")
+        await raw.conn.flush()
+        assert await raw.wait_closed() is not None
+
+    async def https_request(port: int) -> None:
+        async with await tls_stream(port) as stream:
+            await stream.send(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while await stream.receive():
+                    pass
+
+    async def silent_after_tls(port: int) -> None:
+        async with await tls_stream(port) as stream:  # the server answers 408
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while await stream.receive():
+                    pass
+
+    async def plaintext(port: int) -> None:
+        async with await anyio.connect_tcp(HOST, port) as stream:
+            await stream.send(b"GET /health HTTP/1.1\r\n\r\n")
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while await stream.receive():
+                    pass
+
+    async def cut_during_tls_handshake(port: int) -> None:
+        stream = await anyio.connect_tcp(HOST, port)
+        await stream.send(b"\x16\x03\x01\x00")  # the start of a ClientHello, then gone
+        await stream.aclose()
+
+    endings = [
+        subscribed_then_cut,
+        subscribed_then_closed,
+        https_request,
+        silent_after_tls,
+        plaintext,
+        cut_during_tls_handshake,
+    ]
+    async with running_server(config) as server:
+        port = server.port
+        assert port
+        await https_request(port)  # settle, then count
+        with anyio.fail_after(5):
+            while server.metrics.connections_active:
+                await anyio.sleep(0.01)
+        fds_before = len(os.listdir("/proc/self/fd"))
+        tasks_before = len(anyio.get_running_tasks())
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    for ending in endings:
+                        tg.start_soon(ending, port)
+            while server.metrics.connections_active or (
+                len(anyio.get_running_tasks()) > tasks_before
+            ):
+                await anyio.sleep(0.02)
+        assert server.metrics.subscribed == 0
+        assert server.metrics.handshakes_ok >= 8
+        assert len(os.listdir("/proc/self/fd")) <= fds_before
