@@ -8,11 +8,13 @@ WebSocket session is driven by :class:`~arraycrypto._protocol.ServerSession`.
 Fan-out: each tick's frame is serialised **once** (server frames are unmasked and no
 extension is negotiated, so the bytes are the same for every client). For each client
 whose socket is idle, the ticker writes the frame with one non-blocking ``send``: no
-task switch, no per-client work beyond the syscall. Only a client whose kernel buffer is
-full gets a writer task, started on demand, with a one-slot mailbox: a newer frame
-replaces an unsent older one, so what is queued for a slow client is bounded and it
-never delays the ticker or anyone else. A writer blocked past ``write_timeout`` drops its
-client; one task pings every client and drops those that stop answering.
+task switch, no per-client work beyond the syscall (over TLS, the server's own TLS layer
+encrypts it first: :class:`~arraycrypto._transport.ServerTLSStream`). Only a client
+whose kernel buffer is full gets a writer task, started on demand, with a one-slot
+mailbox: a newer frame replaces an unsent older one, so what is queued for a slow client
+is bounded and it never delays the ticker or anyone else. A writer blocked past
+``write_timeout`` drops its client; one task pings every client and drops those that
+stop answering.
 """
 
 from __future__ import annotations
