@@ -40,6 +40,14 @@ def tls_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
     return pem, ca_file
 
 
+@pytest.fixture
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A client-side context that trusts the test CA."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
 def tls_server(pem: Path) -> ServerConfig:
     return server_config(tls_certfile=str(pem), tls_keyfile=str(pem))
 
@@ -65,10 +73,11 @@ async def test_client_over_wss(tls_files: tuple[Path, Path]) -> None:
             assert client.server_url == f"https://{HOST}:{server.port}"
 
 
-async def test_https_shim_and_raw_wss(ca: trustme.CA, tls_files: tuple[Path, Path]) -> None:
+async def test_https_shim_and_raw_wss(
+    client_context: ssl.SSLContext, tls_files: tuple[Path, Path]
+) -> None:
     pem, _ = tls_files
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    context = client_context
     async with running_server(tls_server(pem)) as server:
         assert server.port
         stream = await anyio.connect_tcp(
@@ -132,14 +141,13 @@ async def test_plaintext_to_a_tls_port_does_not_hurt_others(
 
 
 async def test_tls_records_stay_in_order_with_concurrent_writes(
-    ca: trustme.CA, tls_files: tuple[Path, Path]
+    client_context: ssl.SSLContext, tls_files: tuple[Path, Path]
 ) -> None:
     # Ticks go out through the synchronous fast path while the server's reader answers
     # the client's pings (pongs) through the awaited path: both make TLS records on one
     # connection. Any reordering on the wire would break the client's TLS decryption.
     pem, _ = tls_files
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    context = client_context
     config = msgspec.structs.replace(tls_server(pem), tick_interval=0.02)
     async with running_server(config) as server:
         assert server.port
@@ -172,11 +180,10 @@ async def test_tls_records_stay_in_order_with_concurrent_writes(
 
 
 async def test_every_way_a_tls_connection_ends_leaks_nothing(
-    ca: trustme.CA, tls_files: tuple[Path, Path]
+    client_context: ssl.SSLContext, tls_files: tuple[Path, Path]
 ) -> None:
     pem, _ = tls_files
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    context = client_context
     config = msgspec.structs.replace(tls_server(pem), http_read_timeout=0.3, handshake_timeout=0.3)
 
     async def tls_stream(port: int) -> anyio.abc.ByteStream:
