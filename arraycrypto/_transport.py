@@ -29,7 +29,7 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-__all__ = ["STREAM_ERRORS", "ServerTLSStream", "WSConnection"]
+__all__ = ["STREAM_ERRORS", "ServerTLSStream", "WSConnection", "can_half_close"]
 
 #: Everything anyio raises when the other side is gone or the stream is unusable.
 STREAM_ERRORS = (
@@ -124,9 +124,9 @@ def _direct_writer(
     return None
 
 
-def _can_half_close(stream: anyio.abc.ByteStream) -> bool:
-    # TLS has no half-close (anyio's TLSStream does not implement send_eof, and ours
-    # neither): a TLS connection ends in aclose(), after close_notify.
+def can_half_close(stream: anyio.abc.ByteStream) -> bool:
+    """Whether ``stream.send_eof()`` works: not on TLS, which ends in ``aclose()``."""
+    # anyio's TLSStream does not implement send_eof, and ours neither.
     return not isinstance(stream, TLSStream | ServerTLSStream)
 
 
@@ -368,7 +368,7 @@ class WSConnection:
                 await self._send(data)
             if eof and not self._eof_sent:
                 self._eof_sent = True
-                if _can_half_close(self.stream):
+                if can_half_close(self.stream):
                     await self.stream.send_eof()
         finally:
             self._gate.release()

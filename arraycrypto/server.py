@@ -44,7 +44,7 @@ from . import _http
 from . import messages as m
 from ._crypto import SEED_SIZE, Keyring, Snapshot
 from ._protocol import REASONS, CloseCode, ServerSession, ServerState, Violation
-from ._transport import STREAM_ERRORS, ServerTLSStream, WSConnection
+from ._transport import STREAM_ERRORS, ServerTLSStream, WSConnection, can_half_close
 from .config import ServerConfig
 from .exceptions import ConfigError
 
@@ -639,7 +639,7 @@ class Server:
         # So: half-close, then drain what the client still sends, bounded in time and size.
         with anyio.move_on_after(_LINGER_TIMEOUT):
             try:
-                if not isinstance(stream, ServerTLSStream):
+                if can_half_close(stream):
                     await stream.send_eof()
                 drained = 0
                 while drained < _LINGER_BYTES:
