@@ -41,11 +41,12 @@ SECRET = bf.SECRET
 class ServeProcess:
     """``arraycrypto serve`` with a fixed config file; restartable on the same port."""
 
-    def __init__(self, tmp: Path, **config: Any) -> None:
+    def __init__(self, tmp: Path, *, ca_file: str | None = None, **config: Any) -> None:
         self.path = tmp / "server_config.json"
         save_config(self.path, ServerConfig(secret_key=SECRET, host=HOST, port=0, **config))
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.ca_file = ca_file  # with tls_certfile in config: trust this CA for /metrics
 
     def start(self) -> None:
         bf.raise_fd_limit()
@@ -68,7 +69,7 @@ class ServeProcess:
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            found = re.search(r"listening on ws://[\d.]+:(\d+)", log.read_text())
+            found = re.search(r"listening on wss?://[\d.]+:(\d+)", log.read_text())
             if found:
                 self.port = int(found.group(1))
                 return
@@ -82,9 +83,15 @@ class ServeProcess:
         self.proc = None
 
     def metric(self, name: str) -> float:
+        import ssl
         import urllib.request
 
-        with urllib.request.urlopen(f"http://{HOST}:{self.port}/metrics", timeout=5) as r:
+        scheme, context = "http", None
+        if self.ca_file:
+            scheme, context = "https", ssl.create_default_context(cafile=self.ca_file)
+            context.check_hostname = False  # the certificate names 127.0.0.1 and localhost
+        url = f"{scheme}://{HOST}:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:  # noqa: S310 - our own URL
             text = r.read().decode()
         return sum(
             float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)

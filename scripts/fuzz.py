@@ -2,6 +2,7 @@
 
     python scripts/fuzz.py                    # 105 000 network cases + offline cases
     python scripts/fuzz.py --cases 21000 --seed 7 --json
+    python scripts/fuzz.py --tls --cases 21000          # the same cases over wss/https
 
 Network: ``arraycrypto serve`` runs as a subprocess on 127.0.0.1 with short timeouts;
 cases from tests/hostile.py (21 classes: garbage around the request line, huge and
@@ -11,6 +12,9 @@ unknown tags, wrong and replayed proofs, binary frames, silent connections) each
 fresh connection; the outcome (HTTP status or close code) must be one the protocol
 documents. Meanwhile a witness client must receive every tick. Before and after, the
 server's open file descriptors and event-loop tasks are counted.
+
+With ``--tls`` the server has a certificate from a throwaway trustme CA and every case
+(and the witness) runs over TLS, through the server's own TLS layer.
 
 Offline: mutated envelopes (bit flips, truncations, splices, random bytes) must all raise
 the one DecryptionError; mutated config files must all raise ConfigError.
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import ssl
 import sys
 import tempfile
 import time
@@ -60,7 +65,10 @@ async def network(server: ServeProcess, count: int, seed: int, concurrency: int)
     assert server.proc is not None
     pid, port = server.proc.pid, server.port
     cases = generate(random.Random(seed), count)
-    runner = Runner(port, timeout=10)
+    context = None
+    if server.ca_file:
+        context = ssl.create_default_context(cafile=server.ca_file)
+    runner = Runner(port, timeout=10, ssl_context=context)
     outcomes: Counter[str] = Counter()
     by_class: dict[str, Counter[str]] = {}
     wrong: list[tuple[str, str]] = []
@@ -68,7 +76,12 @@ async def network(server: ServeProcess, count: int, seed: int, concurrency: int)
     await anyio.sleep(0.5)
     fds_before = open_fds(pid)
     tasks_before = server.metric("arraycrypto_tasks")
-    config = CryptoConfig(server_url=f"http://{HOST}:{port}", secret_key=SECRET, max_drift=30)
+    config = CryptoConfig(
+        server_url=f"{'https' if context else 'http'}://{HOST}:{port}",
+        secret_key=SECRET,
+        max_drift=30,
+        ca_file=server.ca_file,
+    )
     started = time.monotonic()
     async with CryptoClient(config) as witness, anyio.create_task_group() as tg:
         await witness.authenticate()
@@ -226,9 +239,19 @@ def main() -> int:
     parser.add_argument("--offline-cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--tls", action="store_true", help="every case over TLS")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        tls: dict[str, Any] = {}
+        if args.tls:
+            import trustme
+
+            ca = trustme.CA()
+            pem, ca_file = Path(tmp) / "server.pem", Path(tmp) / "ca.pem"
+            ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(pem)
+            ca.cert_pem.write_to_path(ca_file)
+            tls = {"tls_certfile": str(pem), "tls_keyfile": str(pem), "ca_file": str(ca_file)}
         server = ServeProcess(
             Path(tmp),
             tick_interval=0.5,
@@ -236,6 +259,7 @@ def main() -> int:
             http_read_timeout=0.5,
             max_frame_size=4096,
             max_connections=20_000,
+            **tls,
         )
         server.start()
         try:
@@ -243,7 +267,7 @@ def main() -> int:
         finally:
             server.kill()
     off = offline(args.offline_cases, args.seed)
-    result = {"network": net, "offline": off}
+    result = {"tls": args.tls, "network": net, "offline": off}
     if args.json:
         print(json.dumps(result))
     else:

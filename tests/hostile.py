@@ -13,6 +13,7 @@ import base64
 import contextlib
 import os
 import random
+import ssl
 import struct
 from dataclasses import dataclass, field
 
@@ -351,9 +352,12 @@ def _proof(challenge: m.Challenge) -> bytes:
 class Runner:
     """Runs cases against a server on 127.0.0.1 and names each outcome."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
+    def __init__(
+        self, port: int, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.port = port
         self.timeout = timeout
+        self.ssl_context = ssl_context  # set: every case runs over TLS (wss/https)
         self.recorded_proof: bytes | None = None
 
     async def run(self, case: Case) -> str:
@@ -362,7 +366,17 @@ class Runner:
         return "timeout"
 
     async def _run(self, case: Case) -> str:
-        stream = await anyio.connect_tcp(HOST, self.port)
+        stream: anyio.abc.ByteStream
+        if self.ssl_context is not None:
+            stream = await anyio.connect_tcp(
+                HOST,
+                self.port,
+                ssl_context=self.ssl_context,
+                tls_hostname="localhost",
+                tls_standard_compatible=False,
+            )
+        else:
+            stream = await anyio.connect_tcp(HOST, self.port)
         async with stream:
             reader = _Reader(stream)
             payload = case.payload

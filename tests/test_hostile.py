@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from pathlib import Path
 
 import anyio
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from arraycrypto import messages as m
 
 from .hostile import Runner, generate
-from .netutil import RawClient, http_get, running_server, server_config
+from .netutil import RawClient, running_server, server_config, with_tls
 
 pytestmark = pytest.mark.anyio
 
@@ -21,19 +22,28 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_hostile_cases_get_documented_outcomes_and_leak_nothing() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_hostile_cases_get_documented_outcomes_and_leak_nothing(
+    tls: bool, tmp_path: Path
+) -> None:
     config = server_config(
         tick_interval=0.2, handshake_timeout=0.3, http_read_timeout=0.3, max_frame_size=4096
     )
+    context = None
+    if tls:  # the same cases through the server's own TLS layer
+        config, context = with_tls(config, tmp_path)
     cases = generate(random.Random(2026), 21 * 12)
     async with running_server(config) as server:
         assert server.port
         # Settle first (the listener starts its accept tasks lazily), then count.
-        assert (await http_get(server.port, "/health"))[0] == 200
-        await anyio.sleep(0.1)
+        settle = await RawClient.connect(server.port, ssl_context=context)
+        await settle.aclose()
+        with anyio.fail_after(5):
+            while server.metrics.connections_active:
+                await anyio.sleep(0.01)
         fds_before = open_fds()
         tasks_before = len(anyio.get_running_tasks())
-        witness = await RawClient.connect(server.port)
+        witness = await RawClient.connect(server.port, ssl_context=context)
         await witness.handshake()
         ticks_seen: list[int] = []
 
@@ -43,7 +53,7 @@ async def test_hostile_cases_get_documented_outcomes_and_leak_nothing() -> None:
                 assert isinstance(msg, m.SnapshotMessage)
                 ticks_seen.append(msg.tick)
 
-        runner = Runner(server.port)
+        runner = Runner(server.port, ssl_context=context)
         outcomes: Counter[tuple[str, str]] = Counter()
         wrong = []
         async with anyio.create_task_group() as tg:
