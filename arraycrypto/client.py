@@ -33,11 +33,13 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from ._crypto import Keyring, Snapshot, SnapshotCipher
-from ._protocol import Accepted, ClientSession, ClientState, CloseCode
 from ._transport import STREAM_ERRORS, WSConnection
-from .config import CryptoConfig, load_client_config, websocket_url
-from .exceptions import AuthenticationError, CryptoError, ProtocolError, SnapshotError
+from .core.config import CryptoConfig, load_client_config, websocket_url
+from .core.envelope import SnapshotCipher
+from .core.exceptions import AuthenticationError, CryptoError, ProtocolError, SnapshotError
+from .core.handshake import Accepted, ClientSession, ClientState, CloseCode
+from .core.keyring import Keyring
+from .core.keys import Snapshot
 
 __all__ = ["ConnectionState", "CryptoClient", "SnapshotWatch", "SyncCryptoClient"]
 

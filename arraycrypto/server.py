@@ -40,13 +40,14 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from . import _http
-from . import messages as m
-from ._crypto import SEED_SIZE, Keyring, Snapshot
-from ._protocol import REASONS, CloseCode, ServerSession, ServerState, Violation
 from ._transport import STREAM_ERRORS, ServerTLSStream, WSConnection, can_half_close
-from .config import ServerConfig
-from .exceptions import ConfigError
+from .core import http as _http
+from .core import messages as m
+from .core.config import ServerConfig
+from .core.exceptions import ConfigError
+from .core.handshake import REASONS, CloseCode, ServerSession, ServerState, Violation
+from .core.keyring import Keyring
+from .core.keys import SEED_SIZE, Snapshot
 
 __all__ = ["Server", "serve"]
 

@@ -33,7 +33,7 @@ import anyio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from arraycrypto import CryptoClient, CryptoConfig, Keyring, ServerConfig, save_config
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 SECRET = os.urandom(32)
 HOST = "127.0.0.1"

@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 
 from arraycrypto import Keyring, ServerConfig
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 SECRET = bytes(range(32))
 HOST = "127.0.0.1"
@@ -114,7 +114,7 @@ def run_baseline_server(interval: float, uvloop: bool = False) -> None:
     import websockets
     from websockets.asyncio.server import ServerConnection, serve
 
-    from arraycrypto._protocol import ServerSession, Violation
+    from arraycrypto.core.handshake import ServerSession, Violation
 
     keyring = Keyring(SECRET)
     clients: set[ServerConnection] = set()
@@ -252,7 +252,7 @@ class LightClient(asyncio.Protocol):
             ts = self.bench.timestamp_of(payload)
             self.bench.record(arrived * 1000 - ts)
             return
-        from arraycrypto._protocol import Accepted, ClientSession
+        from arraycrypto.core.handshake import Accepted, ClientSession
 
         if self.session is None:
             self.session = ClientSession(self.bench.keyring, os.urandom(32), max_drift=3600)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from arraycrypto import Keyring, Snapshot
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 ORIGIN = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from arraycrypto import Keyring, Snapshot
-from arraycrypto._protocol import Accepted, ClientSession, Rejected, ServerSession
+from arraycrypto.core.handshake import Accepted, ClientSession, Rejected, ServerSession
 
 SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))

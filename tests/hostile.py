@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from arraycrypto import Keyring
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 from .helpers import SECRET
 

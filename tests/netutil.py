@@ -27,9 +27,9 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from arraycrypto import CryptoConfig, Keyring, ServerConfig, Snapshot
-from arraycrypto import messages as m
-from arraycrypto._protocol import Accepted, ClientSession
 from arraycrypto._transport import WSConnection
+from arraycrypto.core import messages as m
+from arraycrypto.core.handshake import Accepted, ClientSession
 from arraycrypto.server import Server
 
 from .helpers import SECRET

@@ -21,7 +21,7 @@ from arraycrypto import (
     load_server_config,
     save_config,
 )
-from arraycrypto.config import convert
+from arraycrypto.core.config import convert
 
 KEY = bytes(range(32))
 KEY_B64 = base64.b64encode(KEY).decode()

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arraycrypto import DecryptionError, Key, Keyring, Snapshot, SnapshotError
-from arraycrypto._crypto import _CACHE_SIZE, _STEP
+from arraycrypto.core.envelope import STEP as _STEP
+from arraycrypto.core.keyring import CACHE_SIZE as _CACHE_SIZE
 
 SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 from .hostile import Runner, generate
 from .netutil import RawClient, running_server, server_config, with_tls

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from arraycrypto import AuthenticationError, Keyring, ProtocolError
-from arraycrypto import messages as m
-from arraycrypto._protocol import (
+from arraycrypto.core import messages as m
+from arraycrypto.core.handshake import (
     Accepted,
     ClientSession,
     ClientState,

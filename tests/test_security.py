@@ -19,7 +19,7 @@ from arraycrypto import (
     Keyring,
     save_config,
 )
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 from .helpers import OTHER, SECRET
 from .netutil import HOST, RawClient, running_server

@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 from arraycrypto import CloseCode, Keyring
-from arraycrypto import messages as m
-from arraycrypto._protocol import ServerSession
 from arraycrypto._transport import WSConnection
+from arraycrypto.core import messages as m
+from arraycrypto.core.handshake import ServerSession
 from arraycrypto.server import Server
 
 from .helpers import OTHER, SECRET

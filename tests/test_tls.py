@@ -17,7 +17,7 @@ import trustme
 from websockets.frames import Frame, Opcode
 
 from arraycrypto import CryptoClient, CryptoConfig, Keyring, ServerConfig, SnapshotError
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 from .helpers import SECRET
 from .netutil import HOST, RawClient, parse_response, running_server, server_config

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from arraycrypto import DecryptionError, Keyring, Snapshot, SnapshotError
-from arraycrypto import messages as m
+from arraycrypto.core import messages as m
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"

@@ -31,8 +31,9 @@ from typing import Final
 import msgspec
 
 from . import messages as m
-from ._crypto import CHALLENGE_SIZE, Key, Keyring, Snapshot
 from .exceptions import AuthenticationError, ProtocolError
+from .keyring import Keyring
+from .keys import CHALLENGE_SIZE, Key, Snapshot
 
 __all__ = [
     "Accepted",

@@ -18,8 +18,8 @@ from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
-from ._crypto import MAX_SECRET_SIZE, MIN_SECRET_SIZE, generate_secret
 from .exceptions import ConfigError
+from .keys import MAX_SECRET_SIZE, MIN_SECRET_SIZE, generate_secret
 
 __all__ = [
     "CryptoConfig",

@@ -11,7 +11,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ._crypto import (
+from .keys import (
     CHALLENGE_SIZE,
     KEY_ID_SIZE,
     MAX_SIGNATURE_SIZE,

@@ -1,0 +1,78 @@
+"""The ``arraycrypto`` command line: one module per command, this one parses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .common import client_main
+from .crypt import run_decrypt, run_encrypt
+from .serve import run_serve
+from .setup import run_client_config, run_keygen
+from .watch import run_watch
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``arraycrypto`` command."""
+    parser = argparse.ArgumentParser(
+        prog="arraycrypto",
+        description="Authenticated encryption with server-pushed key epochs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    keygen = sub.add_parser("keygen", help="print a fresh random base64 secret_key")
+    keygen.set_defaults(func=run_keygen)
+
+    serve = sub.add_parser("serve", help="run the snapshot push server")
+    serve.add_argument(
+        "--config",
+        default="server_config.json",
+        help="server config file; created with a fresh secret (0600) if missing",
+    )
+    serve.add_argument("--host", help="override the config's host")
+    serve.add_argument("--port", type=int, help="override the config's port (0: any free)")
+    serve.add_argument(
+        "--backend",
+        choices=["asyncio", "trio", "uvloop"],
+        default="asyncio",
+        help="event loop (uvloop: asyncio on uvloop, if installed)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(func=run_serve)
+
+    client_config = sub.add_parser(
+        "client-config", help="write a client_config.json with the server's secret (0600)"
+    )
+    client_config.add_argument("--server-config", default="server_config.json")
+    client_config.add_argument("--url", default="http://localhost:8000", help="server_url")
+    client_config.add_argument("--output", default="client_config.json")
+    client_config.set_defaults(func=run_client_config)
+
+    for name, func, text in (
+        ("encrypt", run_encrypt, "encrypt stdin to stdout (needs the server for a snapshot)"),
+        ("decrypt", run_decrypt, "decrypt stdin to stdout (offline: needs only the secret)"),
+        ("watch", run_watch, "print each pushed snapshot as a JSON line until interrupted"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", default="client_config.json", help="client config file")
+        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        if name != "watch":
+            cmd.add_argument(
+                "--associated-data", default="", help="extra authenticated data (text)"
+            )
+        if name == "decrypt":
+            cmd.add_argument("--ttl", type=float, help="reject ciphertexts older than this (s)")
+        if name == "watch":
+            cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+        cmd.set_defaults(func=client_main, client_func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    sys.stdout.flush()
+    return code

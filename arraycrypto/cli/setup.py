@@ -1,0 +1,36 @@
+"""``arraycrypto keygen`` and ``client-config``: secrets and config files."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+
+from ..core.config import CryptoConfig, load_server_config, save_config
+from ..core.exceptions import ConfigError
+from ..core.keys import generate_secret
+
+__all__ = ["run_client_config", "run_keygen"]
+
+
+def run_keygen(_args: argparse.Namespace) -> int:
+    # Printed for the operator to paste into both config files; never logged.
+    print(base64.b64encode(generate_secret()).decode())
+    return 0
+
+
+def run_client_config(args: argparse.Namespace) -> int:
+    """Write a client config holding the server's secret (0600, never overwritten)."""
+    try:
+        server = load_server_config(args.server_config, create=False)
+        config = CryptoConfig(server_url=args.url, secret_key=server.secret_key)
+    except ConfigError as exc:
+        print(f"arraycrypto: {exc}", file=sys.stderr)
+        return 2
+    try:
+        save_config(args.output, config, exclusive=True)
+    except FileExistsError:
+        print(f"arraycrypto: {args.output} exists; not overwriting it", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} (mode 0600) for {args.url}", file=sys.stderr)
+    return 0

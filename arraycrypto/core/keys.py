@@ -1,0 +1,181 @@
+"""Secrets, the key schedule, and signed snapshots (PROTOCOL.md, sections 1 and 2).
+
+Pure: no I/O, no clock. Time is passed in (``now_ms``); randomness is drawn from
+``os.urandom`` unless a test or the vector generator passes it in. Built only from
+vetted primitives in pyca/cryptography: HKDF-SHA256 and HMAC-SHA256.
+
+Every byte layout here is specified in PROTOCOL.md; change both together.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from typing import Final, NoReturn
+
+import msgspec
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "CHALLENGE_SIZE",
+    "ENVELOPE_VERSION",
+    "KEY_ID_SIZE",
+    "MAX_SIGNATURE_SIZE",
+    "MIN_SECRET_SIZE",
+    "MIN_SIGNATURE_SIZE",
+    "NONCE_SIZE",
+    "PROOF_SIZE",
+    "SEED_SIZE",
+    "SNAPSHOT_BODY_SIZE",
+    "TAG_SIZE",
+    "Key",
+    "Snapshot",
+    "generate_secret",
+    "unpack_snapshot_body",
+]
+
+ENVELOPE_VERSION: Final = 1
+KEY_ID_SIZE: Final = 8
+SEED_SIZE: Final = 16
+NONCE_SIZE: Final = 12
+TAG_SIZE: Final = 16
+PROOF_SIZE: Final = 32
+CHALLENGE_SIZE: Final = 32
+MIN_SECRET_SIZE: Final = 16
+MAX_SECRET_SIZE: Final = 1024
+MIN_SIGNATURE_SIZE: Final = 16  # never below 128 bits
+MAX_SIGNATURE_SIZE: Final = 32
+
+# One label per purpose: no key is ever used for two things.
+LABEL_KEY_ID: Final = b"arraycrypto/v1 key-id"
+LABEL_SNAPSHOT_MAC: Final = b"arraycrypto/v1 snapshot-mac"
+LABEL_CLIENT_PROOF: Final = b"arraycrypto/v1 client-proof"
+LABEL_SERVER_PROOF: Final = b"arraycrypto/v1 server-proof"
+LABEL_DATA_KEY: Final = b"arraycrypto/v1 data-key"
+
+# version | key_id | tick | timestamp_ms | seed  -- the bytes a snapshot signature covers,
+# and also the first bytes of every envelope.
+_SNAPSHOT = struct.Struct(f">B{KEY_ID_SIZE}sQQ{SEED_SIZE}s")
+SNAPSHOT_BODY_SIZE: Final = _SNAPSHOT.size  # 41
+assert SNAPSHOT_BODY_SIZE == 41  # spelled as a literal in Keyring.decrypt, the hot path
+_U64_MAX: Final = 2**64 - 1
+
+
+def generate_secret() -> bytes:
+    """Return a fresh random 32-byte secret suitable for ``secret_key``."""
+    return os.urandom(32)
+
+
+def _hkdf(secret: bytes, salt: bytes | None, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+class Snapshot(msgspec.Struct, frozen=True, gc=False):
+    """One server tick: the public inputs of a key epoch, and their signature.
+
+    ``timestamp`` is integer milliseconds since the Unix epoch (UTC). ``seed`` is
+    :data:`SEED_SIZE` random bytes, ``key_id`` names the secret that signed it, and
+    ``signature`` is HMAC-SHA256 over :meth:`signed_bytes`, truncated to 16..32 bytes.
+    """
+
+    tick: int
+    seed: bytes
+    timestamp: int
+    key_id: bytes
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        """Return the canonical encoding the signature covers (PROTOCOL.md, "Snapshot")."""
+        if not (0 <= self.tick <= _U64_MAX and 0 <= self.timestamp <= _U64_MAX):
+            raise ValueError("tick and timestamp must fit in 64 unsigned bits")
+        if len(self.seed) != SEED_SIZE or len(self.key_id) != KEY_ID_SIZE:
+            raise ValueError("seed or key_id has the wrong length")
+        return _SNAPSHOT.pack(ENVELOPE_VERSION, self.key_id, self.tick, self.timestamp, self.seed)
+
+    def header(self) -> bytes:
+        """Return the envelope header prefix for this snapshot (everything before the nonce)."""
+        return self.signed_bytes() + bytes([len(self.signature)]) + self.signature
+
+
+class Key:
+    """One secret and the static keys derived from it.
+
+    Holds secrets: its repr shows only the key id, and it refuses to be pickled.
+    """
+
+    __slots__ = ("_client_proof", "_secret", "_server_proof", "_snapshot_mac", "key_id")
+
+    def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes):
+            raise TypeError("secret must be bytes")
+        if not MIN_SECRET_SIZE <= len(secret) <= MAX_SECRET_SIZE:
+            raise ValueError(f"secret must be {MIN_SECRET_SIZE} to {MAX_SECRET_SIZE} bytes long")
+        self._secret = secret
+        #: Public 8-byte fingerprint of the secret, carried in snapshots and envelopes.
+        self.key_id: bytes = _hkdf(secret, None, LABEL_KEY_ID, KEY_ID_SIZE)
+        self._snapshot_mac = _hkdf(secret, None, LABEL_SNAPSHOT_MAC)
+        self._client_proof = _hkdf(secret, None, LABEL_CLIENT_PROOF)
+        self._server_proof = _hkdf(secret, None, LABEL_SERVER_PROOF)
+
+    def __repr__(self) -> str:
+        return f"Key(key_id={self.key_id.hex()})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("Key holds a secret and cannot be pickled")
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def sign_snapshot(
+        self, tick: int, seed: bytes, timestamp: int, signature_size: int = 16
+    ) -> Snapshot:
+        """Return a snapshot for ``tick`` signed with this key."""
+        if not MIN_SIGNATURE_SIZE <= signature_size <= MAX_SIGNATURE_SIZE:
+            raise ValueError("signature_size must be 16 to 32")
+        unsigned = Snapshot(tick, seed, timestamp, self.key_id, b"")
+        mac = hmac.digest(self._snapshot_mac, unsigned.signed_bytes(), "sha256")
+        return Snapshot(tick, seed, timestamp, self.key_id, mac[:signature_size])
+
+    def verify_snapshot(self, snapshot: Snapshot) -> bool:
+        """Return whether ``snapshot`` carries a valid signature under this key."""
+        sig = snapshot.signature
+        if snapshot.key_id != self.key_id:
+            return False
+        if not MIN_SIGNATURE_SIZE <= len(sig) <= MAX_SIGNATURE_SIZE:
+            return False
+        try:
+            body = snapshot.signed_bytes()
+        except ValueError:
+            return False
+        mac = hmac.digest(self._snapshot_mac, body, "sha256")
+        return hmac.compare_digest(mac[: len(sig)], sig)
+
+    def data_key(self, snapshot: Snapshot) -> bytes:
+        """Return the AES-256 key of ``snapshot``'s epoch (unverified: call verify first)."""
+        info = LABEL_DATA_KEY + snapshot.key_id + snapshot.tick.to_bytes(8, "big")
+        return _hkdf(self._secret, snapshot.seed, info)
+
+    # -- handshake proofs ----------------------------------------------------------------
+
+    def client_proof(self, challenge: bytes, nonce: bytes) -> bytes:
+        """Return the client's proof of the secret for this challenge and client nonce."""
+        return hmac.digest(self._client_proof, challenge + nonce, "sha256")
+
+    def server_proof(self, challenge: bytes, nonce: bytes) -> bytes:
+        """Return the server's proof of the secret for this challenge and client nonce."""
+        return hmac.digest(self._server_proof, challenge + nonce, "sha256")
+
+    def check_client_proof(self, challenge: bytes, nonce: bytes, proof: bytes) -> bool:
+        """Return whether ``proof`` is the client proof for this exchange (constant time)."""
+        return hmac.compare_digest(self.client_proof(challenge, nonce), proof)
+
+    def check_server_proof(self, challenge: bytes, nonce: bytes, proof: bytes) -> bool:
+        """Return whether ``proof`` is the server proof for this exchange (constant time)."""
+        return hmac.compare_digest(self.server_proof(challenge, nonce), proof)
+
+
+def unpack_snapshot_body(body: bytes) -> tuple[int, bytes, int, int, bytes]:
+    """Return (version, key_id, tick, timestamp, seed) from 41 signed bytes."""
+    version, key_id, tick, timestamp, seed = _SNAPSHOT.unpack_from(body)
+    return version, key_id, tick, timestamp, seed
