@@ -1,8 +1,8 @@
 """Client benchmark against a live local server: local encryption vs fetch-per-encrypt.
 
-    python scripts/bench_client.py              # a table
-    python scripts/bench_client.py --json       # one JSON object, medians and ratios
-    python scripts/bench_client.py --backend trio
+    python -m scripts.bench_client              # a table
+    python -m scripts.bench_client --json       # one JSON object, medians and ratios
+    python -m scripts.bench_client --backend trio
 
 Starts ``arraycrypto serve`` on 127.0.0.1 (a subprocess, ended at exit), connects one
 CryptoClient, and measures in one process, interleaved round by round, medians of µs
@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -34,29 +31,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from arraycrypto import CryptoClient, CryptoConfig, Keyring, ServerConfig, save_config
 from arraycrypto.core import messages as m
+from tests.harness.constants import HOST
+from tests.harness.servers import ServeProcess
 
 SECRET = os.urandom(32)
-HOST = "127.0.0.1"
+
 SIZES = {"64 B": 64, "1 KiB": 1024}
 
 
-def start_server(tmp: Path) -> tuple[subprocess.Popen[str], int]:
+def start_server(tmp: Path) -> ServeProcess:
+    """``arraycrypto serve`` on 127.0.0.1 with a fresh secret, started."""
     config = tmp / "server_config.json"
     save_config(config, ServerConfig(secret_key=SECRET, host=HOST, port=0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "arraycrypto", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on ws://[\d.]+:(\d+)", proc.stdout.readline())
-        if found:
-            return proc, int(found.group(1))
-    proc.kill()
-    raise RuntimeError("server did not start")
+    server = ServeProcess("--config", str(config), log=tmp / "server.log")
+    server.start()
+    return server
 
 
 async def fetch_snapshot(port: int) -> bytes:
@@ -149,14 +138,11 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0.02, help="seconds per sample")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(Path(tmp))
+        server = start_server(Path(tmp))
         try:
-            result = anyio.run(bench, port, args.rounds, args.budget, backend=args.backend)
+            result = anyio.run(bench, server.port, args.rounds, args.budget, backend=args.backend)
         finally:
-            proc.kill()
-            proc.wait(timeout=30)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            server.stop()
     if args.json:
         print(
             json.dumps(

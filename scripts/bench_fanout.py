@@ -1,9 +1,9 @@
 """Fan-out benchmark: arraycrypto's server against websockets' own serve() + broadcast().
 
-    python scripts/bench_fanout.py                       # N = 1000, 5000, 10000
-    python scripts/bench_fanout.py --clients 10000 --runs 3   # medians of 3 runs
-    python scripts/bench_fanout.py --tls --clients 1000 5000  # wss on both servers
-    python scripts/bench_fanout.py --clients 1000 --ticks 5 --json
+    python -m scripts.bench_fanout                       # N = 1000, 5000, 10000
+    python -m scripts.bench_fanout --clients 10000 --runs 3   # medians of 3 runs
+    python -m scripts.bench_fanout --tls --clients 1000 5000  # wss on both servers
+    python -m scripts.bench_fanout --clients 1000 --ticks 5 --json
 
 For each N, in the same run and with the same hand-made clients (another process):
 
@@ -29,26 +29,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
 import json
 import os
 import resource
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-import msgspec
-
 from arraycrypto import Keyring, ServerConfig
 from arraycrypto.core import messages as m
+from tests.harness.constants import HOST, SECRET
+from tests.harness.light import ClientBench, LightClient, end, raise_fd_limit, read_tagged, spawn
+from tests.harness.proc import cpu_seconds, rss_kib
 
-SECRET = bytes(range(32))
-HOST = "127.0.0.1"
+MODULE = "scripts.bench_fanout"  # children run as `python -m scripts.bench_fanout`
 # Set by the parent for --tls: a directory with cert.pem, key.pem (server) and ca.pem.
 TLS_DIR_ENV = "BENCH_FANOUT_TLS_DIR"
 
@@ -72,12 +70,6 @@ def make_tls_dir(tls_dir: str) -> None:
     ca.cert_pem.write_to_path(os.path.join(tls_dir, "ca.pem"))
 
 
-def raise_fd_limit() -> int:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
 # -- servers (child process) ---------------------------------------------------------------
 
 
@@ -85,6 +77,7 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
     import anyio
 
     from arraycrypto.server import Server
+    from arraycrypto.server.tuning import tune_process
 
     tls = tls_files()
     config = ServerConfig(
@@ -100,6 +93,8 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
         tls_certfile=tls["cert"] if tls else None,
         tls_keyfile=tls["key"] if tls else None,
     )
+
+    tune_process(config.max_connections)  # as `arraycrypto serve` does
 
     async def main() -> None:
         server = Server(config)
@@ -183,105 +178,6 @@ def run_baseline_server(interval: float, uvloop: bool = False) -> None:
 # -- light clients (child process) -----------------------------------------------------------
 
 
-class LightClient(asyncio.Protocol):
-    """A raw WebSocket client: upgrade, handshake, then record push latencies."""
-
-    def __init__(self, bench: ClientBench) -> None:
-        self.bench = bench
-        self.buffer = b""
-        self.upgraded = False
-        self.transport: asyncio.Transport | None = None
-        self.session: Any = None
-        self.authenticated = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                f"GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.authenticated.done():
-            self.authenticated.set_exception(ConnectionError("lost before welcome"))
-
-    def data_received(self, data: bytes) -> None:
-        arrived = time.time()
-        self.buffer += data
-        if not self.upgraded:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            assert self.buffer.startswith(b"HTTP/1.1 101"), self.buffer[:60]
-            self.buffer = self.buffer[end + 4 :]
-            self.upgraded = True
-        while len(self.buffer) >= 2:
-            length = self.buffer[1] & 0x7F
-            offset = 2
-            if length == 126:
-                if len(self.buffer) < 4:
-                    return
-                length = int.from_bytes(self.buffer[2:4], "big")
-                offset = 4
-            elif length == 127:
-                length = int.from_bytes(self.buffer[2:10], "big")
-                offset = 10
-            if len(self.buffer) < offset + length:
-                return
-            opcode = self.buffer[0] & 0x0F
-            payload = self.buffer[offset : offset + length]
-            self.buffer = self.buffer[offset + length :]
-            if opcode == 0x1:
-                self.on_text(payload, arrived)
-            elif opcode == 0x9:  # ping: answer, as a real client would
-                self.send(0xA, payload)
-
-    def send(self, opcode: int, payload: bytes) -> None:
-        from websockets.frames import Frame, Opcode
-
-        assert self.transport is not None
-        self.transport.write(Frame(Opcode(opcode), payload).serialize(mask=True))
-
-    def on_text(self, payload: bytes, arrived: float) -> None:
-        if self.authenticated.done():
-            ts = self.bench.timestamp_of(payload)
-            self.bench.record(arrived * 1000 - ts)
-            return
-        from arraycrypto.core.handshake import Accepted, ClientSession
-
-        if self.session is None:
-            self.session = ClientSession(self.bench.keyring, os.urandom(32), max_drift=3600)
-        result = self.session.receive_text(payload, int(arrived * 1000))
-        if isinstance(result, bytes):
-            self.send(0x1, result)
-        elif isinstance(result, Accepted) or self.session.session_id is not None:
-            self.authenticated.set_result(None)
-
-
-class _Stamp(msgspec.Struct):
-    timestamp: int
-
-
-class ClientBench:
-    def __init__(self) -> None:
-        self.keyring = Keyring(SECRET)
-        self.recording = False
-        self.latencies: list[float] = []
-        self._decoder = msgspec.json.Decoder(_Stamp)
-
-    def timestamp_of(self, payload: bytes) -> int:
-        return self._decoder.decode(payload).timestamp
-
-    def record(self, ms: float) -> None:
-        if self.recording:
-            self.latencies.append(ms)
-
-
 async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
     raise_fd_limit()
     loop = asyncio.get_running_loop()
@@ -335,65 +231,25 @@ async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
 # -- orchestration (parent process) ----------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def read_tagged(proc: subprocess.Popen[str], tag: str, timeout: float) -> str:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"process ended before {tag}")
-        if line.strip() == tag or line.startswith(tag + " "):
-            return line[len(tag) :].strip()
-    raise TimeoutError(tag)
-
-
 def measure(mode: str, n: int, ticks: int, interval: float, loop: str) -> dict[str, Any]:
-    me = os.path.abspath(__file__)
-    server = subprocess.Popen(
-        [sys.executable, me, "_server", mode, str(interval), loop],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    client: subprocess.Popen[str] | None = None
+    server = spawn(MODULE, "_server", mode, str(interval), loop)
+    client = None
     try:
         port = int(read_tagged(server, "PORT", 60))
         time.sleep(0.5)
-        rss0 = proc_rss_kib(server.pid)
-        client = subprocess.Popen(
-            [sys.executable, me, "_clients", str(port), str(n), str(ticks), str(interval)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        rss0 = rss_kib(server.pid)
+        client = spawn(MODULE, "_clients", str(port), str(n), str(ticks), str(interval))
         read_tagged(client, "CONNECTED", 300)
-        cpu0, t0 = proc_cpu_s(server.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
         result: dict[str, Any] = json.loads(read_tagged(client, "RESULT", 120 + ticks * interval))
-        cpu1, t1 = proc_cpu_s(server.pid), time.monotonic()
-        rss1 = proc_rss_kib(server.pid)
+        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        rss1 = rss_kib(server.pid)
         result["server"] = mode
         result["cpu_ms_per_tick"] = (cpu1 - cpu0) * 1000 / ((t1 - t0) / interval)
         result["rss_kib_per_conn"] = (rss1 - rss0) / n
         return result
     finally:
-        for p in (client, server):
-            if p is not None:
-                p.kill()
-                p.wait(timeout=30)
-                if p.stdout is not None:
-                    p.stdout.close()
+        end(client, server)
 
 
 def median_row(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Fault runs against a real server process, with figures for docs/reliability.md.
 
-    python scripts/chaos.py kill       # SIGKILL + restart while 1000 clients encrypt
-    python scripts/chaos.py stalled    # 10% of 1000 clients stop reading
-    python scripts/chaos.py storm      # 10 000 clients, server restarted
-    python scripts/chaos.py all [--json]
+    python -m scripts.chaos kill       # SIGKILL + restart while 1000 clients encrypt
+    python -m scripts.chaos stalled    # 10% of 1000 clients stop reading
+    python -m scripts.chaos storm      # 10 000 clients, server restarted
+    python -m scripts.chaos all [--json]
 
 Every scenario runs ``arraycrypto serve`` on 127.0.0.1 and its clients in another
 process, bounds every wait, and ends every process it starts. The network faults (cut,
@@ -17,101 +17,31 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import bench_fanout as bf
-
 from arraycrypto import ServerConfig, save_config
+from tests.harness.constants import HOST, SECRET
+from tests.harness.light import ClientBench, LightClient, end, raise_fd_limit, read_tagged, spawn
+from tests.harness.proc import rss_kib
+from tests.harness.servers import ServeProcess, fetch_metric
 
-HOST = "127.0.0.1"
-SECRET = bf.SECRET
-
-
-# -- the server process ----------------------------------------------------------------------
-
-
-class ServeProcess:
-    """``arraycrypto serve`` with a fixed config file; restartable on the same port."""
-
-    def __init__(self, tmp: Path, *, ca_file: str | None = None, **config: Any) -> None:
-        self.path = tmp / "server_config.json"
-        save_config(self.path, ServerConfig(secret_key=SECRET, host=HOST, port=0, **config))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.ca_file = ca_file  # with tls_certfile in config: trust this CA for /metrics
-
-    def start(self) -> None:
-        bf.raise_fd_limit()
-        log = self.path.with_suffix(".log")
-        log.write_text("")
-        with log.open("a") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "arraycrypto",
-                    "serve",
-                    "--config",
-                    str(self.path),
-                    "--port",
-                    str(self.port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            found = re.search(r"listening on wss?://[\d.]+:(\d+)", log.read_text())
-            if found:
-                self.port = int(found.group(1))
-                return
-            time.sleep(0.05)
-        raise RuntimeError("server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-    def metric(self, name: str) -> float:
-        import ssl
-        import urllib.request
-
-        scheme, context = "http", None
-        if self.ca_file:
-            scheme, context = "https", ssl.create_default_context(cafile=self.ca_file)
-            context.check_hostname = False  # the certificate names 127.0.0.1 and localhost
-        url = f"{scheme}://{HOST}:{self.port}/metrics"
-        with urllib.request.urlopen(url, timeout=5, context=context) as r:  # noqa: S310 - our own URL
-            text = r.read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
-        )
+MODULE = "scripts.chaos"  # children run as `python -m scripts.chaos`
 
 
-def child(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *args], stdout=subprocess.PIPE, text=True
-    )
+def serve_process(tmp: Path, **config: Any) -> ServeProcess:
+    """``arraycrypto serve`` with a config file written from ``config``; restartable."""
+    path = tmp / "server_config.json"
+    save_config(path, ServerConfig(secret_key=SECRET, host=HOST, port=0, **config))
+    return ServeProcess("--config", str(path), log=tmp / "server.log")
 
 
-def end(*procs: subprocess.Popen[str] | None) -> None:
-    for p in procs:
-        if p is not None and p.poll() is None:
-            p.kill()
-        if p is not None:
-            p.wait(timeout=30)
-            if p.stdout is not None:
-                p.stdout.close()
+def child(*args: str) -> Any:
+    """This script again, in a child process, in one of its client roles."""
+    return spawn(MODULE, *args)
 
 
 # -- kill: SIGKILL and restart while 1000 CryptoClients encrypt ----------------------------
@@ -122,7 +52,7 @@ async def kill_clients(port: int, n: int, seconds: float, max_drift: float) -> N
 
     from arraycrypto import ConnectionState, CryptoClient, CryptoConfig, Keyring, SnapshotError
 
-    bf.raise_fd_limit()
+    raise_fd_limit()
     config = CryptoConfig(
         server_url=f"http://{HOST}:{port}",
         secret_key=SECRET,
@@ -189,19 +119,19 @@ async def kill_clients(port: int, n: int, seconds: float, max_drift: float) -> N
 
 def scenario_kill(n: int = 1000, down: float = 2.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServeProcess(Path(tmp), tick_interval=1.0)
+        server = serve_process(Path(tmp), tick_interval=1.0)
         server.start()
         clients = None
         try:
             clients = child("_kill", str(server.port), str(n), "12", "30")
-            bf.read_tagged(clients, "READY", 300)
+            read_tagged(clients, "READY", 300)
             time.sleep(2)
             server.kill()
             killed = time.time()
             time.sleep(down)
             server.start()
             restarted = time.time()
-            result: dict[str, Any] = json.loads(bf.read_tagged(clients, "RESULT", 300))
+            result: dict[str, Any] = json.loads(read_tagged(clients, "RESULT", 300))
         finally:
             end(clients)
             server.kill()
@@ -217,15 +147,15 @@ def scenario_kill(n: int = 1000, down: float = 2.0) -> dict[str, Any]:
 
 
 async def stalled_clients(port: int, n: int, stalled: int, ticks: int) -> None:
-    bf.raise_fd_limit()
+    raise_fd_limit()
     loop = asyncio.get_running_loop()
-    bench = bf.ClientBench()
-    protos: list[bf.LightClient] = []
+    bench = ClientBench()
+    protos: list[LightClient] = []
     gate = asyncio.Semaphore(256)
 
     async def one() -> None:
         async with gate:
-            _, proto = await loop.create_connection(lambda: bf.LightClient(bench), HOST, port)
+            _, proto = await loop.create_connection(lambda: LightClient(bench), HOST, port)
             protos.append(proto)
             await asyncio.wait_for(proto.authenticated, 60)
 
@@ -264,24 +194,25 @@ def scenario_stalled(n: int = 1000, ticks: int = 15) -> dict[str, Any]:
     runs = {}
     for stalled in (0, n // 10):
         with tempfile.TemporaryDirectory() as tmp:
-            server = ServeProcess(Path(tmp), tick_interval=1.0, ping_interval=2.0, ping_timeout=2.0)
+            server = serve_process(
+                Path(tmp), tick_interval=1.0, ping_interval=2.0, ping_timeout=2.0
+            )
             server.start()
             clients = None
             try:
-                assert server.proc is not None
-                rss0 = bf.proc_rss_kib(server.proc.pid)
+                rss0 = rss_kib(server.pid)
                 clients = child("_stalled", str(server.port), str(n), str(stalled), str(ticks))
-                bf.read_tagged(clients, "READY", 300)
+                read_tagged(clients, "READY", 300)
                 rss = []
                 for _ in range(ticks + 1):  # the child measures for `ticks` seconds
-                    rss.append(bf.proc_rss_kib(server.proc.pid))
+                    rss.append(rss_kib(server.pid))
                     time.sleep(1)
-                result: dict[str, Any] = json.loads(bf.read_tagged(clients, "RESULT", 60))
-                result["dropped_by_ping"] = server.metric(
-                    'arraycrypto_dropped_clients_total{reason="ping"}'
+                result: dict[str, Any] = json.loads(read_tagged(clients, "RESULT", 60))
+                result["dropped_by_ping"] = fetch_metric(
+                    server.port, 'arraycrypto_dropped_clients_total{reason="ping"}'
                 )
-                result["dropped_slow"] = server.metric(
-                    'arraycrypto_dropped_clients_total{reason="slow"}'
+                result["dropped_slow"] = fetch_metric(
+                    server.port, 'arraycrypto_dropped_clients_total{reason="slow"}'
                 )
                 result["server_rss_kib_start"] = rss0
                 result["server_rss_kib_max"] = max(rss)
@@ -297,7 +228,7 @@ def scenario_stalled(n: int = 1000, ticks: int = 15) -> dict[str, Any]:
 # -- reconnect storm -------------------------------------------------------------------------
 
 
-class StormClient(bf.LightClient):
+class StormClient(LightClient):
     """A light client that reconnects with full jitter, like CryptoClient."""
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -313,7 +244,7 @@ class StormClient(bf.LightClient):
             self.bench.authenticated(self)  # type: ignore[attr-defined]
 
 
-class Storm(bf.ClientBench):
+class Storm(ClientBench):
     def __init__(self, port: int, n: int) -> None:
         super().__init__()
         self.port = port
@@ -337,10 +268,10 @@ class Storm(bf.ClientBench):
             self.retry(0)
 
     def retry(self, attempt: int) -> None:
-        from arraycrypto.client import _backoff  # the client's own policy
+        from arraycrypto.client.connector import backoff  # the client's own policy
 
         loop = asyncio.get_running_loop()
-        loop.call_later(_backoff(attempt, 30.0), lambda: asyncio.ensure_future(self.dial(attempt)))
+        loop.call_later(backoff(attempt, 30.0), lambda: asyncio.ensure_future(self.dial(attempt)))
 
     async def dial(self, attempt: int) -> None:
         loop = asyncio.get_running_loop()
@@ -351,7 +282,7 @@ class Storm(bf.ClientBench):
 
 
 async def storm_clients(port: int, n: int) -> None:
-    bf.raise_fd_limit()
+    raise_fd_limit()
     storm = Storm(port, n)
     gate = asyncio.Semaphore(256)
     loop = asyncio.get_running_loop()
@@ -388,10 +319,10 @@ async def storm_clients(port: int, n: int) -> None:
 
 def scenario_storm(n: int = 10_000) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServeProcess(
+        server = serve_process(
             Path(tmp),
             tick_interval=1.0,
-            max_connections=bf.raise_fd_limit() - 100,
+            max_connections=raise_fd_limit() - 100,
             ping_interval=60,
             ping_timeout=60,
         )
@@ -399,12 +330,12 @@ def scenario_storm(n: int = 10_000) -> dict[str, Any]:
         clients = None
         try:
             clients = child("_storm", str(server.port), str(n))
-            initial = float(bf.read_tagged(clients, "READY", 600))
+            initial = float(read_tagged(clients, "READY", 600))
             time.sleep(2)
             server.kill()
             server.start()
             restarted = time.time()
-            result: dict[str, Any] = json.loads(bf.read_tagged(clients, "RESULT", 600))
+            result: dict[str, Any] = json.loads(read_tagged(clients, "RESULT", 600))
         finally:
             end(clients)
             server.kill()

@@ -1,11 +1,11 @@
 """Hostile input at volume: 100 000+ generated cases against a live server, and offline.
 
-    python scripts/fuzz.py                    # 105 000 network cases + offline cases
-    python scripts/fuzz.py --cases 21000 --seed 7 --json
-    python scripts/fuzz.py --tls --cases 21000          # the same cases over wss/https
+    python -m scripts.fuzz                    # 105 000 network cases + offline cases
+    python -m scripts.fuzz --cases 21000 --seed 7 --json
+    python -m scripts.fuzz --tls --cases 21000          # the same cases over wss/https
 
 Network: ``arraycrypto serve`` runs as a subprocess on 127.0.0.1 with short timeouts;
-cases from tests/hostile.py (21 classes: garbage around the request line, huge and
+cases from tests/harness/hostile.py (21 classes: garbage around the request line, huge and
 malformed headers, bad opcodes, reserved bits, unmasked frames, oversize lengths,
 malformed control frames, fragments never finished, malformed JSON, wrong types,
 unknown tags, wrong and replayed proofs, binary frames, silent connections) each get a
@@ -23,11 +23,11 @@ the one DecryptionError; mutated config files must all raise ConfigError.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
 import ssl
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,12 +37,6 @@ from typing import Any
 import anyio
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.hostile
-
-import itertools
-
-from chaos import ServeProcess
-
 from arraycrypto import (
     ConfigError,
     CryptoClient,
@@ -51,36 +45,34 @@ from arraycrypto import (
     Keyring,
     load_client_config,
 )
-from tests.hostile import Runner, generate
-
-SECRET = bytes(range(32))
-HOST = "127.0.0.1"
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+from scripts.chaos import serve_process
+from tests.harness.constants import HOST, SECRET
+from tests.harness.hostile import Runner, generate
+from tests.harness.proc import fd_count
+from tests.harness.servers import ServeProcess, fetch_metric
 
 
-async def network(server: ServeProcess, count: int, seed: int, concurrency: int) -> dict[str, Any]:
-    assert server.proc is not None
-    pid, port = server.proc.pid, server.port
+async def network(
+    server: ServeProcess, ca_file: str | None, count: int, seed: int, concurrency: int
+) -> dict[str, Any]:
+    pid, port = server.pid, server.port
     cases = generate(random.Random(seed), count)
     context = None
-    if server.ca_file:
-        context = ssl.create_default_context(cafile=server.ca_file)
+    if ca_file:
+        context = ssl.create_default_context(cafile=ca_file)
     runner = Runner(port, timeout=10, ssl_context=context)
     outcomes: Counter[str] = Counter()
     by_class: dict[str, Counter[str]] = {}
     wrong: list[tuple[str, str]] = []
     ticks: list[int] = []
     await anyio.sleep(0.5)
-    fds_before = open_fds(pid)
-    tasks_before = server.metric("arraycrypto_tasks")
+    fds_before = fd_count(pid)
+    tasks_before = fetch_metric(port, "arraycrypto_tasks", ca_file)
     config = CryptoConfig(
         server_url=f"{'https' if context else 'http'}://{HOST}:{port}",
         secret_key=SECRET,
         max_drift=30,
-        ca_file=server.ca_file,
+        ca_file=ca_file,
     )
     started = time.monotonic()
     async with CryptoClient(config) as witness, anyio.create_task_group() as tg:
@@ -116,8 +108,8 @@ async def network(server: ServeProcess, count: int, seed: int, concurrency: int)
         elapsed = time.monotonic() - started
         tg.cancel_scope.cancel()
     await anyio.sleep(1.0)  # let the server finish closing the last connections
-    fds_after = open_fds(pid)
-    tasks_after = server.metric("arraycrypto_tasks")
+    fds_after = fd_count(pid)
+    tasks_after = fetch_metric(port, "arraycrypto_tasks", ca_file)
     gaps = sum(b - a - 1 for a, b in itertools.pairwise(ticks))
     return {
         "cases": len(cases),
@@ -126,14 +118,14 @@ async def network(server: ServeProcess, count: int, seed: int, concurrency: int)
         "mismatch_examples": wrong[:10],
         "outcomes": dict(outcomes.most_common()),
         "classes": {k: dict(v) for k, v in sorted(by_class.items())},
-        "server_alive": server.proc.poll() is None,
+        "server_alive": server.returncode is None,
         "witness_ticks": len(ticks),
         "witness_missed_ticks": gaps,
         "server_fds_before": fds_before,
         "server_fds_after": fds_after,
         "server_tasks_before": tasks_before,
         "server_tasks_after": tasks_after,
-        "connections_after": server.metric("arraycrypto_connections "),
+        "connections_after": fetch_metric(port, "arraycrypto_connections ", ca_file),
     }
 
 
@@ -244,15 +236,17 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tls: dict[str, Any] = {}
+        ca_file: str | None = None
         if args.tls:
             import trustme
 
             ca = trustme.CA()
-            pem, ca_file = Path(tmp) / "server.pem", Path(tmp) / "ca.pem"
+            pem, ca_path = Path(tmp) / "server.pem", Path(tmp) / "ca.pem"
             ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(pem)
-            ca.cert_pem.write_to_path(ca_file)
-            tls = {"tls_certfile": str(pem), "tls_keyfile": str(pem), "ca_file": str(ca_file)}
-        server = ServeProcess(
+            ca.cert_pem.write_to_path(ca_path)
+            tls = {"tls_certfile": str(pem), "tls_keyfile": str(pem)}
+            ca_file = str(ca_path)
+        server = serve_process(
             Path(tmp),
             tick_interval=0.5,
             handshake_timeout=0.5,
@@ -263,7 +257,7 @@ def main() -> int:
         )
         server.start()
         try:
-            net = anyio.run(network, server, args.cases, args.seed, args.concurrency)
+            net = anyio.run(network, server, ca_file, args.cases, args.seed, args.concurrency)
         finally:
             server.kill()
     off = offline(args.offline_cases, args.seed)

@@ -13,8 +13,8 @@ import pytest
 
 from arraycrypto import CryptoConfig, Keyring, ServerConfig, save_config
 
-from .helpers import OTHER, SECRET
-from .netutil import HOST, serve_process
+from .harness.constants import HOST, OTHER, SECRET
+from .harness.servers import ServeProcess
 
 
 def cli(*args: str, data: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -44,7 +44,8 @@ def write_client(path: Path, port: int, secret: bytes = SECRET) -> None:
 def test_encrypt_decrypt_round_trip_through_pipes(configs: tuple[Path, Path]) -> None:
     server_path, client_path = configs
     data = os.urandom(300_000) + b"\x00\r\n\x1a"  # binary-safe
-    with serve_process("--config", str(server_path)) as (_, port, _):
+    with ServeProcess("--config", str(server_path)) as server:
+        port = server.port
         write_client(client_path, port)
         enc = cli("encrypt", "--config", str(client_path), "--associated-data", "ctx", data=data)
         assert enc.returncode == 0, enc.stderr
@@ -87,7 +88,8 @@ def test_bad_config_exit_2(tmp_path: Path) -> None:
 
 def test_encrypt_with_wrong_secret_is_an_authentication_error(configs: tuple[Path, Path]) -> None:
     server_path, client_path = configs
-    with serve_process("--config", str(server_path)) as (_, port, _):
+    with ServeProcess("--config", str(server_path)) as server:
+        port = server.port
         write_client(client_path, port, secret=OTHER)
         result = cli("encrypt", "--config", str(client_path), data=b"x")
     assert result.returncode == 1
@@ -98,7 +100,8 @@ def test_encrypt_with_wrong_secret_is_an_authentication_error(configs: tuple[Pat
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_watch_prints_snapshots_until_interrupted(configs: tuple[Path, Path], backend: str) -> None:
     server_path, client_path = configs
-    with serve_process("--config", str(server_path)) as (_, port, _):
+    with ServeProcess("--config", str(server_path)) as server:
+        port = server.port
         write_client(client_path, port)
         proc = subprocess.Popen(
             [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,15 +27,9 @@ from arraycrypto import (
     save_config,
 )
 
-from .helpers import OTHER, SECRET
-from .netutil import (
-    HOST,
-    client_config,
-    running_server,
-    serve_process,
-    server_config,
-    wait_for,
-)
+from .harness.clock import wait_for
+from .harness.constants import HOST, OTHER, SECRET
+from .harness.servers import ServeProcess, client_config, running_server, server_config
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).parent / "seed_examples"
@@ -251,7 +244,7 @@ async def test_dead_server_detected_by_silence() -> None:
         async with CryptoClient(client_config(server.port)) as client:
             await client.authenticate()
             first_session = client.session_id
-            server._fan_out = lambda: None  # type: ignore[method-assign]  # pushes stop
+            server.fanout.push = lambda frame: None  # type: ignore[method-assign]  # no pushes
             await wait_for(lambda: client.session_id != first_session, timeout=10)
             await client.authenticate()
 
@@ -267,17 +260,17 @@ def write_server_config(tmp_path: Path, **overrides: Any) -> Path:
 
 async def test_server_restart_is_transparent(tmp_path: Path, anyio_backend: str) -> None:
     path = write_server_config(tmp_path)
-    with serve_process("--config", str(path), "--backend", anyio_backend) as (proc, port, _):
+    with ServeProcess("--config", str(path), "--backend", anyio_backend) as server:
+        port = server.port
         async with CryptoClient(client_config(port, max_drift=30)) as client:
             await client.authenticate()
             before = await client.encrypt_message("before")
             first_tick = client.snapshot.tick if client.snapshot else 0
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            server.kill()
             await wait_for(lambda: client.state is not ConnectionState.CONNECTED)
             # the cached snapshot keeps encryption going while the server is away
             during = client.encrypt("during")
-            with serve_process("--config", str(path), port=port) as _:
+            with ServeProcess("--config", str(path), port=port):
                 await wait_for(lambda: client.state is ConnectionState.CONNECTED)
                 await wait_for(
                     lambda: client.snapshot is not None and client.snapshot.tick > first_tick + 1
@@ -289,12 +282,12 @@ async def test_server_restart_is_transparent(tmp_path: Path, anyio_backend: str)
 
 async def test_outage_longer_than_max_drift_then_recovery(tmp_path: Path) -> None:
     path = write_server_config(tmp_path)
-    with serve_process("--config", str(path)) as (proc, port, _):
+    with ServeProcess("--config", str(path)) as server:
+        port = server.port
         config = client_config(port, max_drift=1.0, snapshot_timeout=0.2)
         async with CryptoClient(config) as client:
             await client.authenticate()
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            server.kill()
             await wait_for(lambda: client.state is not ConnectionState.CONNECTED)
             assert client.snapshot is not None
             stamp = client.snapshot.timestamp / 1000
@@ -310,7 +303,7 @@ async def test_outage_longer_than_max_drift_then_recovery(tmp_path: Path) -> Non
                 client.encrypt("x")
             with pytest.raises(SnapshotError, match="expired"):
                 await client.encrypt_message("x")
-            with serve_process("--config", str(path), port=port):
+            with ServeProcess("--config", str(path), port=port):
                 await wait_for(lambda: client.state is ConnectionState.CONNECTED)
                 token = await client.encrypt_message("back")
                 assert client.decrypt(token) == b"back"
@@ -322,8 +315,8 @@ async def test_outage_longer_than_max_drift_then_recovery(tmp_path: Path) -> Non
 def test_sync_client_from_eight_threads(tmp_path: Path) -> None:
     path = write_server_config(tmp_path)
     with (
-        serve_process("--config", str(path)) as (_, port, _),
-        SyncCryptoClient(client_config(port)) as client,
+        ServeProcess("--config", str(path)) as server,
+        SyncCryptoClient(client_config(server.port)) as client,
     ):
         client.authenticate()
         errors: list[BaseException] = []
@@ -368,7 +361,8 @@ def run_example(
 
 def test_seed_example_with_config_file(tmp_path: Path) -> None:
     path = write_server_config(tmp_path)
-    with serve_process("--config", str(path)) as (_, port, _):
+    with ServeProcess("--config", str(path)) as server:
+        port = server.port
         save_config(tmp_path / "client_config.json", client_config(port))
         result = run_example("example_file_config.py", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -391,7 +385,8 @@ def test_seed_example_with_direct_config(tmp_path: Path) -> None:
 
 def test_seed_error_handling_example(tmp_path: Path) -> None:
     path = write_server_config(tmp_path)
-    with serve_process("--config", str(path)) as (_, port, _):
+    with ServeProcess("--config", str(path)) as server:
+        port = server.port
         good, bad = tmp_path / "good.json", tmp_path / "bad.json"
         save_config(good, client_config(port))
         save_config(bad, client_config(port, secret_key=OTHER))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ from arraycrypto import (
     save_config,
 )
 
-from .helpers import SECRET
-from .netutil import HOST, client_config, running_server, serve_process, wait_for
-from .proxy import FaultProxy
+from .harness.clock import wait_for
+from .harness.constants import HOST, SECRET
+from .harness.proxy import FaultProxy
+from .harness.servers import ServeProcess, client_config, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -111,7 +111,8 @@ async def test_server_killed_and_restarted_while_clients_encrypt(tmp_path: Path)
     max_drift = 5.0
     made: list[tuple[bytes, bytes]] = []
     failures_while_fresh = 0
-    with serve_process("--config", str(path)) as (proc, port, _):
+    with ServeProcess("--config", str(path)) as server:
+        port = server.port
         configs = [config_via(port, max_drift=max_drift) for _ in range(10)]
         async with anyio.create_task_group() as tg:
             clients = [CryptoClient(c) for c in configs]
@@ -137,10 +138,9 @@ async def test_server_killed_and_restarted_while_clients_encrypt(tmp_path: Path)
                     await anyio.sleep(0.01)
 
             await encrypt_all(0.5)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            server.kill()
             await encrypt_all(1.0)  # the server is down
-            with serve_process("--config", str(path), port=port):
+            with ServeProcess("--config", str(path), port=port):
                 started = time.monotonic()
                 await wait_for(
                     lambda: all(c.state is ConnectionState.CONNECTED for c in clients),

@@ -17,17 +17,20 @@ from arraycrypto.core.handshake import (
     Rejected,
     ServerSession,
     ServerState,
+    SnapshotPolicy,
     Violation,
 )
 
-from .helpers import OTHER, SECRET, T0, handshake
+from .harness.constants import OTHER, SECRET, T0
+from .harness.pure import client_session, handshake
 
 
 def test_successful_handshake() -> None:
     server, client, snapshot, verdict = handshake()
     assert server.state is ServerState.SUBSCRIBED
     assert client.state is ClientState.SUBSCRIBED
-    assert verdict == Accepted(snapshot)
+    assert isinstance(verdict, Accepted)
+    assert verdict.snapshot == snapshot
     assert client.session_id == "sess-1"
     assert client.tick_interval == 1.0
 
@@ -67,7 +70,7 @@ def test_replayed_proof_fails_against_a_new_challenge() -> None:
     ring = Keyring(SECRET)
     snapshot = ring.new_snapshot(1, bytes(16), T0)
     first = ServerSession(ring.primary, b"a" * 32, "1", 1.0)
-    client = ClientSession(ring, b"n" * 32)
+    client = client_session(ring)
     recorded = client.receive_text(first.challenge_message(), T0)
     assert isinstance(recorded, bytes)
     first.receive_text(recorded, snapshot)  # accepted once
@@ -79,7 +82,7 @@ def test_replayed_proof_fails_against_a_new_challenge() -> None:
 
 def test_server_with_wrong_proof_is_an_authentication_error() -> None:
     ring = Keyring(SECRET)
-    client = ClientSession(ring, b"n" * 32)
+    client = client_session(ring)
     server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
     client.receive_text(server.challenge_message(), T0)
     snapshot = m.SnapshotMessage.from_snapshot(ring.new_snapshot(1, bytes(16), T0))
@@ -146,12 +149,12 @@ def test_pushed_snapshots_are_checked() -> None:
     assert isinstance(early, Rejected)
     assert isinstance(push(client, ring, 3, T0 + 60_000, T0), Accepted)
     assert push(client, Keyring(OTHER), 4, T0, T0) == Rejected("bad signature")
-    assert client.last_tick == 3
+    assert client.policy.last_tick == 3
 
 
 def test_short_signature_rejected_by_hash_size() -> None:
     ring = Keyring(SECRET)
-    client = ClientSession(ring, b"n" * 32, min_signature_size=32)
+    client = client_session(ring, min_signature_size=32)
     server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
     reply = client.receive_text(server.challenge_message(), T0)
     assert isinstance(reply, bytes)
@@ -161,7 +164,8 @@ def test_short_signature_rejected_by_hash_size() -> None:
 
 def test_last_tick_survives_reconnection() -> None:
     ring = Keyring(SECRET)
-    client = ClientSession(ring, b"n" * 32, last_tick=5)
+    client = client_session(ring)
+    client.policy.last_tick = 5
     server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
     reply = client.receive_text(server.challenge_message(), T0)
     assert isinstance(reply, bytes)
@@ -170,25 +174,25 @@ def test_last_tick_survives_reconnection() -> None:
 
 
 def test_error_frames_surface() -> None:
-    client = ClientSession(Keyring(SECRET), b"n" * 32)
+    client = client_session(Keyring(SECRET))
     auth = m.encode(m.ErrorMessage(code=4001, reason="authentication failed"))
     with pytest.raises(AuthenticationError):
         client.receive_text(auth, T0)
-    client = ClientSession(Keyring(SECRET), b"n" * 32)
+    client = client_session(Keyring(SECRET))
     with pytest.raises(ProtocolError, match="4003"):
         client.receive_text(m.encode(m.ErrorMessage(code=4003, reason="x")), T0)
 
 
 @pytest.mark.parametrize("payload", [b"junk", b'{"type": "welcome"}', b'{"type": "snapshot"}'])
 def test_client_rejects_out_of_place_frames(payload: bytes) -> None:
-    client = ClientSession(Keyring(SECRET), b"n" * 32)
+    client = client_session(Keyring(SECRET))
     with pytest.raises(ProtocolError):
         client.receive_text(payload, T0)
 
 
 def test_client_rejects_snapshot_before_welcome() -> None:
     ring = Keyring(SECRET)
-    client = ClientSession(ring, b"n" * 32)
+    client = client_session(ring)
     with pytest.raises(ProtocolError, match="unexpected SnapshotMessage"):
         push(client, ring, 1, T0, T0)
 
@@ -197,7 +201,7 @@ def test_client_rejects_unknown_protocol_version() -> None:
     ring = Keyring(SECRET)
     msg = m.Challenge(challenge="00" * 32, key_id=ring.primary.key_id.hex(), version=2)
     with pytest.raises(ProtocolError, match="version 2"):
-        ClientSession(ring, b"n" * 32).receive_text(m.encode(msg), T0)
+        client_session(ring).receive_text(m.encode(msg), T0)
 
 
 def test_unknown_fields_are_ignored_for_evolution() -> None:
@@ -223,4 +227,4 @@ def test_session_inputs_are_checked() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         ServerSession(ring.primary, b"short", "s", 1.0)
     with pytest.raises(ValueError, match="32 bytes"):
-        ClientSession(ring, b"short")
+        ClientSession(SnapshotPolicy(ring), b"short")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from arraycrypto import CryptoConfig, ServerConfig, save_config
 
-from .helpers import SECRET
-from .netutil import HOST, serve_process
+from .harness.constants import HOST, SECRET
+from .harness.servers import ServeProcess
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -48,7 +48,8 @@ def test_client_example_runs(tmp_path: Path) -> None:
     (example,) = [b for b in python_blocks() if 'CryptoClient("client_config.json")' in b]
     server_path = tmp_path / "server_config.json"
     save_config(server_path, ServerConfig(secret_key=SECRET, tick_interval=0.2))
-    with serve_process("--config", str(server_path)) as (_, port, _):
+    with ServeProcess("--config", str(server_path)) as server:
+        port = server.port
         save_config(
             tmp_path / "client_config.json",
             CryptoConfig(server_url=f"http://{HOST}:{port}", secret_key=SECRET),

@@ -21,8 +21,9 @@ from arraycrypto import (
 )
 from arraycrypto.core import messages as m
 
-from .helpers import OTHER, SECRET
-from .netutil import HOST, RawClient, running_server
+from .harness.constants import HOST, OTHER, SECRET
+from .harness.peers import RawClient
+from .harness.servers import running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +68,7 @@ async def test_no_secret_in_logs_reprs_exceptions_or_frames(
                 texts.append(str(exc))
             texts += [repr(client), repr(client.keyring), repr(client.config), repr(server)]
             assert client.snapshot is not None
-            snapshots: list[object] = [client.snapshot, server.snapshot]
+            snapshots: list[object] = [client.snapshot, server.ticker.snapshot]
             texts.append(repr(client.keyring.cipher(client.snapshot)))
         # a peer with a forged proof: what it is told
         raw = await RawClient.connect(server.port)

@@ -17,7 +17,9 @@ import pytest
 
 from arraycrypto import CloseCode, load_server_config
 
-from .netutil import RawClient, http_get, serve_process
+from .harness.http import http_get
+from .harness.peers import RawClient
+from .harness.servers import ServeProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -27,11 +29,8 @@ async def test_serve_creates_config_answers_and_stops_cleanly(
     tmp_path: Path, signum: signal.Signals, anyio_backend: str
 ) -> None:
     config_path = tmp_path / "server_config.json"
-    with serve_process("--config", str(config_path), "--backend", anyio_backend) as (
-        proc,
-        port,
-        seen,
-    ):
+    with ServeProcess("--config", str(config_path), "--backend", anyio_backend) as server:
+        port = server.port
         assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
         config = load_server_config(config_path, create=False)
         assert len(config.secret_key) == 32
@@ -43,18 +42,17 @@ async def test_serve_creates_config_answers_and_stops_cleanly(
 
         client = await RawClient.connect(port)
         await client.handshake(Keyring(config.secret_key))
-        proc.send_signal(signum)
+        server.signal(signum)
         close = await client.wait_closed(timeout=5)
         assert close is not None
         assert close.code == CloseCode.GOING_AWAY
         started = time.monotonic()
         with anyio.fail_after(5):
-            while proc.poll() is None:
+            while server.returncode is None:
                 await anyio.sleep(0.02)
-        assert proc.returncode == 0
+        assert server.returncode == 0
         assert time.monotonic() - started < 3
-        assert proc.stdout is not None
-        output = "".join(seen) + proc.stdout.read()
+        output = server.output()
     secret_b64 = json.loads(config_path.read_text())["secret_key"]
     assert secret_b64 not in output
     assert f"created config {config_path}" in output
@@ -63,9 +61,9 @@ async def test_serve_creates_config_answers_and_stops_cleanly(
 def test_serve_keeps_an_existing_config(tmp_path: Path) -> None:
     config_path = tmp_path / "c.json"
     first = load_server_config(config_path)
-    with serve_process("--config", str(config_path)) as (proc, _, _):
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+    with ServeProcess("--config", str(config_path)) as server:
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
     assert load_server_config(config_path).secret_key == first.secret_key
 
 
@@ -165,12 +163,9 @@ async def test_running_out_of_descriptors_slows_accepting_but_never_crashes(
     data = json.loads(config_path.read_text())
     data.update(http_read_timeout=0.3, max_connections=1000)
     config_path.write_text(json.dumps(data))
-    with serve_process("--config", str(config_path), preexec_fn=_low_fd_limit) as (
-        proc,
-        port,
-        seen,
-    ):
-        assert any("open file limit 64 is below max_connections" in line for line in seen)
+    with ServeProcess("--config", str(config_path), preexec_fn=_low_fd_limit) as server:
+        port = server.port
+        assert "open file limit 64 is below" in server.output()
         hogs = []
         for _ in range(120):  # more than the 64 descriptors the server may hold
             s = socket.socket()
@@ -190,7 +185,7 @@ async def test_running_out_of_descriptors_slows_accepting_but_never_crashes(
                 if status == 200:
                     break
                 await anyio.sleep(0.1)
-        assert proc.poll() is None
+        assert server.returncode is None
         errors = [
             line
             for line in body.decode().splitlines()

@@ -12,22 +12,16 @@ import anyio
 import pytest
 
 from arraycrypto import CloseCode, Keyring
-from arraycrypto._transport import WSConnection
 from arraycrypto.core import messages as m
 from arraycrypto.core.handshake import ServerSession
 from arraycrypto.server import Server
 
-from .helpers import OTHER, SECRET
-from .netutil import (
-    HOST,
-    RawClient,
-    current_ms,
-    http_get,
-    http_request,
-    running_server,
-    server_config,
-    with_tls,
-)
+from .harness import frames, hostile
+from .harness.clock import current_ms
+from .harness.constants import HOST, OTHER, SECRET
+from .harness.http import http_get, http_request
+from .harness.peers import RawClient
+from .harness.servers import running_server, server_config, with_tls
 
 pytestmark = pytest.mark.anyio
 
@@ -48,7 +42,7 @@ async def test_handshake_then_consecutive_signed_ticks() -> None:
             ticks.append(snap.tick)
         assert ticks == sorted(set(ticks))  # strictly increasing
         assert ticks[-1] - ticks[0] <= 7  # consecutive (a slow CI may skip one or two)
-        assert server.metrics.handshakes_ok == 1
+        assert server.metrics.handshakes_ok_total == 1
         await client.aclose()
 
 
@@ -64,7 +58,7 @@ async def test_a_stalled_loop_skips_ticks_instead_of_bursting() -> None:
         assert isinstance(after, m.SnapshotMessage)
         assert after.tick - before.tick >= 3  # jumped to the current tick
         assert current_ms() - after.timestamp < 300  # and it is fresh, not a stale one
-        assert server.metrics.ticks_skipped >= 2
+        assert server.metrics.ticks_skipped_total >= 2
         nxt = await client.recv_message()
         assert isinstance(nxt, m.SnapshotMessage)
         assert nxt.tick == after.tick + 1  # then one per interval again, no catch-up burst
@@ -105,7 +99,7 @@ async def test_wrong_proof_is_4001() -> None:
         forged = m.Handshake(hash="00" * 32, nonce="11" * 32, key_id=challenge.key_id)
         await client.send_text(m.encode(forged))
         await expect_close(client, CloseCode.AUTHENTICATION_FAILED)
-        assert server.metrics.handshakes_failed == {"authentication": 1}
+        assert server.metrics.handshakes_failed_total == {("authentication",): 1}
 
 
 async def test_proof_with_another_secret_is_4001() -> None:
@@ -170,6 +164,37 @@ async def test_frame_after_handshake_is_4003_and_others_keep_going() -> None:
         await good.aclose()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_no_frame_follows_a_close_frame(tls: bool, tmp_path: Path) -> None:
+    # RFC 6455, 5.5.1: after sending a Close frame an endpoint sends no more data frames.
+    # A subscribed client breaks the protocol (a second text frame); the server answers
+    # error + Close 4003, then waits for an echo this client never sends. Everything it
+    # writes until it closes the TCP connection is read: no push may follow the Close.
+    config = server_config(tick_interval=0.02)
+    context = None
+    if tls:
+        config, context = with_tls(config, tmp_path)
+    async with running_server(config) as server:
+        assert server.port
+        stream, reader = await hostile.subscribe(server.port, context)
+        async with stream:
+            got = await reader.next_frame()  # pushes flow: wait for one
+            assert got is not None
+            assert got[0] == frames.TEXT
+            await stream.send(frames.encode(frames.TEXT, b'{"type":"handshake"}'))
+            close_code = None
+            after_close: list[int] = []
+            with anyio.fail_after(10):
+                while (got := await reader.next_frame()) is not None:
+                    opcode, payload = got
+                    if close_code is not None:
+                        after_close.append(opcode)
+                    elif opcode == frames.CLOSE:
+                        close_code = frames.close_code(payload)
+        assert close_code == CloseCode.UNEXPECTED_MESSAGE
+        assert after_close == []
+
+
 async def test_binary_frame_is_1003() -> None:
     async with running_server() as server:
         assert server.port
@@ -185,7 +210,7 @@ async def test_fragmented_frame_is_4003() -> None:
         client = await RawClient.connect(server.port)
         await client.recv_message()
         client.protocol.send_text(b'{"type":', fin=False)
-        await client.conn.flush()
+        await client.flush()
         await expect_close(client, CloseCode.UNEXPECTED_MESSAGE)
 
 
@@ -198,7 +223,7 @@ async def test_oversize_frame_is_1009() -> None:
         close = await client.wait_closed()
         assert close is not None
         assert close.code == CloseCode.MESSAGE_TOO_BIG
-        assert server.metrics.handshakes_failed == {"protocol": 1}
+        assert server.metrics.handshakes_failed_total == {("protocol",): 1}
 
 
 async def test_no_handshake_within_timeout_is_4002() -> None:
@@ -207,7 +232,7 @@ async def test_no_handshake_within_timeout_is_4002() -> None:
         client = await RawClient.connect(server.port)
         assert isinstance(await client.recv_message(), m.Challenge)
         await expect_close(client, CloseCode.HANDSHAKE_TIMEOUT)
-        assert server.metrics.handshakes_failed == {"timeout": 1}
+        assert server.metrics.handshakes_failed_total == {("timeout",): 1}
 
 
 async def test_client_close_is_answered() -> None:
@@ -216,12 +241,12 @@ async def test_client_close_is_answered() -> None:
         client = await RawClient.connect(server.port)
         await client.handshake()
         client.protocol.send_close(1000, "bye")
-        await client.conn.flush()
+        await client.flush()
         close = await client.wait_closed()
         assert close is not None
         assert close.code == 1000
         with anyio.fail_after(5):
-            while server.metrics.subscribed:
+            while server.metrics.value("subscribed_clients"):
                 await anyio.sleep(0.01)
 
 
@@ -251,25 +276,26 @@ async def test_stalled_client_does_not_delay_others_and_is_dropped() -> None:
             lateness.append(current_ms() - msg.timestamp)
         assert sorted(lateness)[len(lateness) // 2] < 200  # median delivery, generous for CI
         with anyio.fail_after(5):
-            while server.metrics.dropped_ping == 0:
+            while server.metrics.value("dropped_clients_total", "ping") == 0:
                 assert isinstance(await good.recv_message(), m.SnapshotMessage)
-        assert server.metrics.subscribed == 1
+        assert server.metrics.value("subscribed_clients") == 1
         await stalled.aclose()
         await good.aclose()
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 async def test_fan_out_writes_directly(tls: bool, tmp_path: Path) -> None:
-    # The fast path relies on anyio internals (see _transport._direct_writer): if they
-    # change, this fails rather than the server silently becoming slow.
+    # An idle client's pushes go out in the ticker's own synchronous write_now, plain
+    # and TLS alike: no writer task is ever started for it.
     config, context = with_tls(server_config(), tmp_path) if tls else (server_config(), None)
     async with running_server(config) as server:
         assert server.port
         client = await RawClient.connect(server.port, ssl_context=context)
         await client.handshake()
-        (conn,) = [c.conn for c in server._clients]
-        assert conn.can_write_now
-        assert isinstance(await client.recv_message(), m.SnapshotMessage)
+        for _ in range(3):
+            assert isinstance(await client.recv_message(), m.SnapshotMessage)
+        assert server.fanout.writers_started == 0
+        assert server.metrics.pushes_total >= 3
         await client.aclose()
 
 
@@ -287,20 +313,20 @@ async def test_blocked_writer_is_dropped_and_others_unaffected(tls: bool, tmp_pa
         await stalled.handshake()
         good = await RawClient.connect(server.port, ssl_context=context)
         await good.handshake()
-        (victim,) = [c for c in server._clients if c.session_id == stalled.session_id]
+        (victim,) = [c for c in server.fanout.subscribers if c.session_id == stalled.session_id]
         # Keep the kernel buffers toward the stalled client (which never reads) full
         # with valid server pings, written through the server's own connection, so the
         # ticks find its socket full and take the slow path (writer task, then
         # write_timeout). Topped up while waiting: TCP autotuning keeps growing them.
         filler = b"\x89\x00" * 65536
         with anyio.fail_after(20):
-            while server.metrics.dropped_slow == 0:
-                while victim.conn.write_now(filler) and not victim.conn.backlogged:
+            while server.metrics.value("dropped_clients_total", "slow") == 0:
+                while victim.stream.write_now(filler) and not victim.stream.backlogged:
                     pass
                 msg = await good.recv_message(timeout=2)
                 assert isinstance(msg, m.SnapshotMessage)
                 assert current_ms() - msg.timestamp < 1000
-        assert [c.session_id for c in server._clients] == [good.session_id]
+        assert [c.session_id for c in server.fanout.subscribers] == [good.session_id]
         for _ in range(3):  # and the others go on receiving every tick
             assert isinstance(await good.recv_message(timeout=2), m.SnapshotMessage)
         await good.aclose()
@@ -435,19 +461,22 @@ async def test_silent_connections_are_closed_and_counted() -> None:
             assert data.startswith(b"HTTP/1.1 408")
             await s.aclose()
         with anyio.fail_after(5):
-            while server.metrics.connections_active:
+            while server.metrics.connections:
                 await anyio.sleep(0.01)
 
 
 async def test_ended_connections_are_freed_without_the_cycle_collector() -> None:
     # A connection that ends (abruptly, cleanly, or refused) must be freed by reference
     # counting: a reference cycle would keep it until a full collection, which the
-    # server makes rare (server._tune_gc) because at 10 000 connections it stalls the
+    # CLI makes rare (server.tuning.tune_gc) because at 10 000 connections it stalls the
     # loop for half a second.
     from websockets.client import ClientProtocol
     from websockets.server import ServerProtocol
 
-    ours = (ServerProtocol, ClientProtocol, WSConnection, ServerSession, Server)
+    from arraycrypto.core.server_connection import ServerConnection
+    from arraycrypto.net.sockets import SocketStream
+
+    ours = (ServerProtocol, ClientProtocol, ServerConnection, ServerSession, Server, SocketStream)
     gc.collect()
     gc.disable()
     try:
@@ -463,13 +492,13 @@ async def test_ended_connections_are_freed_without_the_cycle_collector() -> None
                 await client.handshake()
                 if ending == "close":
                     client.protocol.send_close(1000, "bye")
-                    await client.conn.flush()
+                    await client.flush()
                     await client.wait_closed()
                 else:
                     await client.aclose()
             del client
             with anyio.fail_after(5):
-                while server.metrics.connections_active:
+                while server.metrics.connections:
                     await anyio.sleep(0.01)
             gc.set_debug(gc.DEBUG_SAVEALL)
             gc.collect()
@@ -482,18 +511,39 @@ async def test_ended_connections_are_freed_without_the_cycle_collector() -> None
 
 
 def test_gc_thresholds_are_only_ever_raised() -> None:
-    from arraycrypto.server import _GC_THRESHOLDS, _tune_gc
+    from arraycrypto.server.tuning import GC_THRESHOLDS, tune_gc
 
     saved = gc.get_threshold()
     try:
         gc.set_threshold(700, 10, 10)
-        _tune_gc()
-        assert gc.get_threshold() == _GC_THRESHOLDS
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
         gc.set_threshold(50_000, 5, 1000)  # an application's own, larger settings win
-        _tune_gc()
+        tune_gc()
         assert gc.get_threshold() == (50_000, 10, 1000)
         gc.set_threshold(0)  # automatic collection switched off: stays off
-        _tune_gc()
+        tune_gc()
         assert gc.get_threshold()[0] == 0
     finally:
         gc.set_threshold(*saved)
+
+
+async def test_an_embedded_server_leaves_the_process_as_it_found_it() -> None:
+    # GC thresholds and the open-file limit are the host application's: serve() with a
+    # max_connections far above the current limit changes neither.
+    import resource
+
+    import arraycrypto
+
+    thresholds = gc.get_threshold()
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    config = server_config(max_connections=limits[0] + 10_000)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(arraycrypto.serve, config)
+        status, _, _ = await http_get(port, "/health")
+        assert status == 200
+        assert gc.get_threshold() == thresholds
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == limits
+        tg.cancel_scope.cancel()
+    assert gc.get_threshold() == thresholds
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == limits

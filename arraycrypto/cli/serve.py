@@ -27,7 +27,9 @@ def _backend(name: str) -> tuple[str, dict[str, object]]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..server import Server  # the server pulls in websockets; keygen does not need it
+    # The server pulls in websockets; keygen does not need it.
+    from ..server import Server
+    from ..server.tuning import tune_process
 
     setup_logging(args.verbose)
     if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
@@ -45,6 +47,8 @@ def run_serve(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 2
     logger.info("%s config %s", "created" if created else "using", path.resolve())
+    # Process-wide settings are the application's, and this is the application.
+    tune_process(config.max_connections)
 
     async def main() -> None:
         # Listen for signals before serving, so an early SIGTERM still exits cleanly.

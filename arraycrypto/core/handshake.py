@@ -31,6 +31,7 @@ from typing import Final
 import msgspec
 
 from . import messages as m
+from .envelope import SnapshotCipher
 from .exceptions import AuthenticationError, ProtocolError
 from .keyring import Keyring
 from .keys import CHALLENGE_SIZE, Key, Snapshot
@@ -43,6 +44,7 @@ __all__ = [
     "Rejected",
     "ServerSession",
     "ServerState",
+    "SnapshotPolicy",
     "Violation",
 ]
 
@@ -158,9 +160,14 @@ class ClientState(enum.IntEnum):
 
 
 class Accepted(msgspec.Struct, frozen=True):
-    """A snapshot that passed every check; the client may encrypt under it."""
+    """A snapshot that passed every check: the client may encrypt under its cipher."""
 
-    snapshot: Snapshot
+    cipher: SnapshotCipher
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The accepted snapshot."""
+        return self.cipher.snapshot
 
 
 class Rejected(msgspec.Struct, frozen=True):
@@ -169,34 +176,60 @@ class Rejected(msgspec.Struct, frozen=True):
     reason: str
 
 
-class ClientSession:
-    """Client side of one connection: answers the challenge, verifies every snapshot.
+class SnapshotPolicy:
+    """Which snapshots a client accepts, and until when: decided here and nowhere else.
 
     A snapshot is accepted only if it is signed by a key of the keyring with a
     signature of at least ``min_signature_size`` bytes, its tick is above every tick
-    accepted before (``last_tick``, carried across reconnections by the driver), and its
-    timestamp is within ``max_drift`` seconds of ``now_ms``.
+    accepted before, and its timestamp is within ``max_drift`` seconds of the local
+    clock. It stays fresh (usable to encrypt) until :meth:`expires_at`. One policy
+    lives as long as its client: what it accepted survives reconnections.
     """
 
+    __slots__ = ("_max_drift_ms", "_min_sig", "keyring", "last_tick", "max_drift")
+
     def __init__(
-        self,
-        keyring: Keyring,
-        nonce: bytes,
-        *,
-        min_signature_size: int = 16,
-        max_drift: float = 60.0,
-        last_tick: int = -1,
+        self, keyring: Keyring, *, max_drift: float = 60.0, min_signature_size: int = 16
     ) -> None:
+        self.keyring = keyring
+        self.max_drift = max_drift
+        self._max_drift_ms = max_drift * 1000
+        self._min_sig = min_signature_size
+        self.last_tick = -1
+
+    def check(self, snapshot: Snapshot, now_ms: int) -> Accepted | Rejected:
+        """Accept ``snapshot`` at ``now_ms`` (its cipher, verified once) or say why not."""
+        if len(snapshot.signature) < self._min_sig:
+            return Rejected("signature shorter than hash_size")
+        key = self.keyring.verify(snapshot)
+        if key is None:
+            return Rejected("bad signature")
+        if snapshot.tick <= self.last_tick:
+            return Rejected(f"tick {snapshot.tick} is not above {self.last_tick}")
+        if abs(snapshot.timestamp - now_ms) > self._max_drift_ms:
+            return Rejected("timestamp outside max_drift of the local clock")
+        self.last_tick = snapshot.tick
+        return Accepted(self.keyring.admit(snapshot, key))
+
+    def expires_at(self, snapshot: Snapshot) -> float:
+        """The wall-clock second after which an accepted ``snapshot`` may no longer encrypt."""
+        return snapshot.timestamp / 1000 + self.max_drift
+
+
+class ClientSession:
+    """Client side of one connection: answers the challenge, checks every snapshot.
+
+    ``policy`` decides which snapshots are accepted (:class:`SnapshotPolicy`).
+    """
+
+    def __init__(self, policy: SnapshotPolicy, nonce: bytes) -> None:
         if len(nonce) != CHALLENGE_SIZE:
             raise ValueError("nonce must be 32 bytes")
         self.state = ClientState.AWAIT_CHALLENGE
         self.session_id: str | None = None
         self.tick_interval: float | None = None
-        self.last_tick = last_tick
-        self._keyring = keyring
+        self.policy = policy
         self._nonce = nonce
-        self._min_sig = min_signature_size
-        self._max_drift_ms = max_drift * 1000
         self._challenge = b""
         self._key: Key | None = None
 
@@ -229,9 +262,9 @@ class ClientSession:
                     raise AuthenticationError("server failed to prove it holds the secret")
                 self.state = ClientState.SUBSCRIBED
                 self.session_id = w.session
-                return self._check(w.snapshot.to_snapshot(), now_ms)
+                return self.policy.check(w.snapshot.to_snapshot(), now_ms)
             case (ClientState.SUBSCRIBED, m.SnapshotMessage() as s):
-                return self._check(s.to_snapshot(), now_ms)
+                return self.policy.check(s.to_snapshot(), now_ms)
         self.state = ClientState.CLOSED
         raise ProtocolError(f"unexpected {type(message).__name__} frame")
 
@@ -239,7 +272,7 @@ class ClientSession:
         if c.version != m.PROTOCOL_VERSION:
             self.state = ClientState.CLOSED
             raise ProtocolError(f"server speaks protocol version {c.version}, not 1")
-        key = self._keyring.key(bytes.fromhex(c.key_id))
+        key = self.policy.keyring.key(bytes.fromhex(c.key_id))
         if key is None:
             self.state = ClientState.CLOSED
             raise AuthenticationError(
@@ -256,15 +289,3 @@ class ClientSession:
                 key_id=c.key_id,
             )
         )
-
-    def _check(self, snapshot: Snapshot, now_ms: int) -> Accepted | Rejected:
-        if len(snapshot.signature) < self._min_sig:
-            return Rejected("signature shorter than hash_size")
-        if not self._keyring.verify_snapshot(snapshot):
-            return Rejected("bad signature")
-        if snapshot.tick <= self.last_tick:
-            return Rejected(f"tick {snapshot.tick} is not above {self.last_tick}")
-        if abs(snapshot.timestamp - now_ms) > self._max_drift_ms:
-            return Rejected("timestamp outside max_drift of the local clock")
-        self.last_tick = snapshot.tick
-        return Accepted(snapshot)

@@ -28,11 +28,16 @@ _REASONS: Final = {
 
 
 class RequestHead(NamedTuple):
-    """A parsed request line and headers (names lowercased, repeated values joined)."""
+    """A parsed request line and headers.
+
+    ``headers`` has lowercased names with repeated values joined by ", ";
+    ``raw_headers`` keeps every header line as it came (for the WebSocket upgrade).
+    """
 
     method: str
     target: str
     headers: dict[str, str]
+    raw_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def path(self) -> str:
@@ -70,6 +75,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     if len(lines) - 1 > MAX_HEADERS:
         raise ValueError("too many headers")
     headers: dict[str, str] = {}
+    raw: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep or not _TOKEN.match(name.encode()):
@@ -77,7 +83,8 @@ def parse_request_head(head: bytes) -> RequestHead:
         key = name.lower()
         value = value.strip(" \t")
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return RequestHead(method, target, headers)
+        raw.append((name, value))
+    return RequestHead(method, target, headers, tuple(raw))
 
 
 def response(

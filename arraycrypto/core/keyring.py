@@ -69,8 +69,18 @@ class Keyring:
 
     def verify_snapshot(self, snapshot: Snapshot) -> bool:
         """Return whether ``snapshot`` is signed by any key of this keyring."""
+        return self.verify(snapshot) is not None
+
+    def verify(self, snapshot: Snapshot) -> Key | None:
+        """Return the key that signed ``snapshot``, or None if none of ours did."""
         key = self._by_id.get(snapshot.key_id)
-        return key is not None and key.verify_snapshot(snapshot)
+        return key if key is not None and key.verify_snapshot(snapshot) else None
+
+    def admit(self, snapshot: Snapshot, key: Key) -> SnapshotCipher:
+        """Return the cipher of a snapshot ``key`` verified (see :meth:`verify`), cached."""
+        header = snapshot.header()
+        cipher = self._ciphers.get(header)
+        return cipher if cipher is not None else self._remember(header, snapshot, key)
 
     def cipher(self, snapshot: Snapshot) -> SnapshotCipher:
         """Return the cipher for a snapshot, verifying its signature the first time.
@@ -86,9 +96,10 @@ class Keyring:
         return cipher
 
     def _admit(self, header: bytes, snapshot: Snapshot) -> SnapshotCipher | None:
-        key = self._by_id.get(snapshot.key_id)
-        if key is None or not key.verify_snapshot(snapshot):
-            return None
+        key = self.verify(snapshot)
+        return None if key is None else self._remember(header, snapshot, key)
+
+    def _remember(self, header: bytes, snapshot: Snapshot, key: Key) -> SnapshotCipher:
         cipher = SnapshotCipher(snapshot, key.data_key(snapshot))
         if len(self._ciphers) >= CACHE_SIZE:
             # Threads (SyncCryptoClient) may evict at the same moment: losing that race

@@ -1,13 +1,24 @@
-"""Helpers shared by tests: a two-peer wiring of the pure sessions, with no sockets."""
+"""Wiring of the pure core's two peers with no sockets (h11's tests/helpers.py style)."""
 
 from __future__ import annotations
 
 from arraycrypto import Keyring, Snapshot
-from arraycrypto.core.handshake import Accepted, ClientSession, Rejected, ServerSession
+from arraycrypto.core.handshake import (
+    Accepted,
+    ClientSession,
+    Rejected,
+    ServerSession,
+    SnapshotPolicy,
+)
 
-SECRET = bytes(range(32))
-OTHER = bytes(range(1, 33))
-T0 = 1_700_000_000_000
+from .constants import SECRET, T0
+
+__all__ = ["client_session", "handshake"]
+
+
+def client_session(keyring: Keyring, nonce: bytes = b"n" * 32, **policy: float) -> ClientSession:
+    """A client session whose policy trusts ``keyring`` (``max_drift=...`` and so on)."""
+    return ClientSession(SnapshotPolicy(keyring, **policy), nonce)  # type: ignore[arg-type]
 
 
 def handshake(
@@ -26,7 +37,7 @@ def handshake(
     server_ring = Keyring(server_secret)
     snapshot = server_ring.new_snapshot(1, b"s" * 16, now_ms)
     server = ServerSession(server_ring.primary, challenge, "sess-1", 1.0)
-    client = ClientSession(Keyring(client_secret), nonce, max_drift=60)
+    client = client_session(Keyring(client_secret), nonce, max_drift=60)
     reply = client.receive_text(server.challenge_message(), now_ms)
     assert isinstance(reply, bytes)
     welcome = server.receive_text(reply, snapshot)

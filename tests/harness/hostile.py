@@ -23,9 +23,9 @@ import anyio.abc
 from arraycrypto import Keyring
 from arraycrypto.core import messages as m
 
-from .helpers import SECRET
+from . import frames
+from .constants import HOST, SECRET
 
-HOST = "127.0.0.1"
 UPGRADE = (
     "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -55,19 +55,7 @@ def frame(
     length: int | None = None,
 ) -> bytes:
     """A client WebSocket frame, with every field under the caller's control."""
-    n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mask_bit = 0x80 if mask else 0
-    if n < 126:
-        head += bytes([mask_bit | n])
-    elif n < 65536:
-        head += bytes([mask_bit | 126]) + struct.pack(">H", n)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack(">Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return frames.encode(opcode, payload, fin=fin, mask=mask, rsv=rsv, length=length)
 
 
 PROTOCOL_CLOSE = frozenset({"close:1002"})
@@ -280,7 +268,9 @@ def _silent_tcp(rng: random.Random, _fs: int, _hm: int) -> Case:
 # -- running a case ----------------------------------------------------------------------
 
 
-class _Reader:
+class Reader:
+    """Reads an HTTP head and then server frames off a raw stream, never answering any."""
+
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
         self.buffer = b""
@@ -304,7 +294,7 @@ class _Reader:
     async def next_frame(self) -> tuple[int, bytes] | None:
         """Return the next server frame (opcode, payload); None at end of input."""
         while True:
-            parsed = _parse_frame(self.buffer)
+            parsed = frames.parse(self.buffer)
             if parsed is not None:
                 opcode, payload, self.buffer = parsed
                 return opcode, payload
@@ -312,25 +302,8 @@ class _Reader:
                 return None
 
 
-def _parse_frame(buf: bytes) -> tuple[int, bytes, bytes] | None:
-    # Server frames are unmasked.
-    if len(buf) < 2:
-        return None
-    n, offset = buf[1] & 0x7F, 2
-    if n == 126:
-        if len(buf) < 4:
-            return None
-        n, offset = struct.unpack(">H", buf[2:4])[0], 4
-    elif n == 127:
-        if len(buf) < 10:
-            return None
-        n, offset = struct.unpack(">Q", buf[2:10])[0], 10
-    if len(buf) < offset + n:
-        return None
-    return buf[0] & 0x0F, buf[offset : offset + n], buf[offset + n :]
-
-
-async def _upgrade(stream: anyio.abc.ByteStream, reader: _Reader) -> m.Challenge:
+async def upgrade(stream: anyio.abc.ByteStream, reader: Reader) -> m.Challenge:
+    """Do a valid WebSocket upgrade by hand; return the challenge that follows."""
     key = base64.b64encode(os.urandom(16)).decode()
     await stream.send(UPGRADE.format(host=HOST, key=key).encode())
     head = await reader.head()
@@ -342,11 +315,39 @@ async def _upgrade(stream: anyio.abc.ByteStream, reader: _Reader) -> m.Challenge
     return challenge
 
 
-def _proof(challenge: m.Challenge) -> bytes:
+def proof(challenge: m.Challenge) -> bytes:
+    """A valid handshake message answering ``challenge`` with the test secret."""
     nonce = os.urandom(32)
     key = Keyring(SECRET).primary
     proof = key.client_proof(bytes.fromhex(challenge.challenge), nonce)
     return m.encode(m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=challenge.key_id))
+
+
+async def connect(port: int, ssl_context: ssl.SSLContext | None = None) -> anyio.abc.ByteStream:
+    """A raw TCP (or TLS) stream to the server on 127.0.0.1."""
+    if ssl_context is not None:
+        return await anyio.connect_tcp(
+            HOST,
+            port,
+            ssl_context=ssl_context,
+            tls_hostname="localhost",
+            tls_standard_compatible=False,
+        )
+    return await anyio.connect_tcp(HOST, port)
+
+
+async def subscribe(
+    port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[anyio.abc.ByteStream, Reader]:
+    """Upgrade and authenticate by hand; the stream then answers nothing on its own."""
+    stream = await connect(port, ssl_context)
+    reader = Reader(stream)
+    challenge = await upgrade(stream, reader)
+    await stream.send(frame(1, proof(challenge)))
+    got = await reader.next_frame()
+    assert got is not None
+    assert isinstance(m.decode(got[1]), m.Welcome)
+    return stream, reader
 
 
 class Runner:
@@ -366,26 +367,16 @@ class Runner:
         return "timeout"
 
     async def _run(self, case: Case) -> str:
-        stream: anyio.abc.ByteStream
-        if self.ssl_context is not None:
-            stream = await anyio.connect_tcp(
-                HOST,
-                self.port,
-                ssl_context=self.ssl_context,
-                tls_hostname="localhost",
-                tls_standard_compatible=False,
-            )
-        else:
-            stream = await anyio.connect_tcp(HOST, self.port)
+        stream = await connect(self.port, self.ssl_context)
         async with stream:
-            reader = _Reader(stream)
+            reader = Reader(stream)
             payload = case.payload
             if case.upgrade:
-                challenge = await _upgrade(stream, reader)
+                challenge = await upgrade(stream, reader)
                 if case.handshake or (case.replay_from and self.recorded_proof is None):
-                    proof = _proof(challenge)
-                    await stream.send(frame(1, proof))
-                    self.recorded_proof = proof
+                    answer = proof(challenge)
+                    await stream.send(frame(1, answer))
+                    self.recorded_proof = answer
                     got = await reader.next_frame()
                     assert got is not None
                     assert isinstance(m.decode(got[1]), m.Welcome)
@@ -401,7 +392,7 @@ class Runner:
                     await stream.send(payload)
             return await self._outcome(reader, websocket=case.upgrade)
 
-    async def _outcome(self, reader: _Reader, *, websocket: bool) -> str:
+    async def _outcome(self, reader: Reader, *, websocket: bool) -> str:
         if not websocket:
             head = await reader.head()
             if not head:
@@ -414,4 +405,5 @@ class Runner:
                 return "eof"
             opcode, data = got
             if opcode == 8:
-                return f"close:{struct.unpack('>H', data[:2])[0]}" if len(data) >= 2 else "close"
+                code = frames.close_code(data)
+                return f"close:{code}" if code is not None else "close"

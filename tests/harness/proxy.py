@@ -7,7 +7,7 @@ import contextlib
 import anyio
 import anyio.abc
 
-HOST = "127.0.0.1"
+from .constants import HOST
 
 
 class FaultProxy:

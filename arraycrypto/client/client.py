@@ -1,0 +1,351 @@
+"""The client: encrypt and decrypt locally under server-pushed, verified snapshots.
+
+:class:`CryptoClient` keeps **one** connection in a background task
+(:class:`~arraycrypto.client.connector.Connector`); every pushed snapshot is checked by
+the core's :class:`~arraycrypto.core.handshake.SnapshotPolicy` and cached. Encryption
+uses the cached snapshot with no network I/O; decryption never needs the server. Runs
+unchanged under asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final, Self
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ..core.client_connection import SnapshotAccepted
+from ..core.config import CryptoConfig, load_client_config
+from ..core.envelope import SnapshotCipher
+from ..core.exceptions import AuthenticationError, CryptoError, SnapshotError
+from ..core.handshake import SnapshotPolicy
+from ..core.keyring import Keyring
+from ..core.keys import Snapshot
+from .connector import Connector
+
+__all__ = ["ConnectionState", "CryptoClient", "SnapshotWatch"]
+
+logger = logging.getLogger("arraycrypto.client")
+
+#: Payloads at least this large are encrypted/decrypted in a worker thread, in 1 MiB
+#: steps, so the event loop is not blocked for the milliseconds AES-GCM takes on them.
+OFFLOAD_SIZE: Final = 1 << 20
+
+
+class ConnectionState(enum.Enum):
+    """Where the background connection is."""
+
+    IDLE = "idle"  # not started (outside ``async with``)
+    CONNECTING = "connecting"
+    CONNECTED = "connected"  # authenticated, receiving snapshots
+    DISCONNECTED = "disconnected"  # waiting to reconnect
+    CLOSED = "closed"
+
+
+def _no_cipher(data: bytes | str, associated_data: bytes) -> bytes:
+    raise SnapshotError("no snapshot from the server yet")  # unreachable: _expires is 0
+
+
+class SnapshotWatch:
+    """Async iterator over the snapshots a client accepts; see :meth:`CryptoClient.watch`."""
+
+    def __init__(self, *, closed: bool = False, size: int = 16) -> None:
+        self._queue: deque[Snapshot] = deque(maxlen=size)
+        self._event = anyio.Event()
+        self._closed = closed
+
+    def _push(self, snapshot: Snapshot) -> None:
+        self._queue.append(snapshot)  # maxlen: the oldest falls out
+        self._event.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._event.set()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Snapshot:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            await self._event.wait()
+            self._event = anyio.Event()
+        return self._queue.popleft()
+
+
+class CryptoClient:
+    """Encrypts and decrypts locally under server-pushed, verified snapshots.
+
+    ``config`` is a :class:`CryptoConfig` or the path of a JSON config file. Use it as an
+    async context manager; the connection runs in the background while inside::
+
+        async with CryptoClient("client_config.json") as client:
+            await client.authenticate()
+            token = await client.encrypt_message("secret")
+            assert await client.decrypt_message(token) == b"secret"
+    """
+
+    def __init__(
+        self,
+        config: CryptoConfig | str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config if isinstance(config, CryptoConfig) else load_client_config(config)
+        self.keyring = Keyring(self.config.secret_key, old=self.config.old_secret_keys)
+        self._clock = clock
+        self._policy = SnapshotPolicy(
+            self.keyring, max_drift=self.config.max_drift, min_signature_size=self.config.hash_size
+        )
+        self._cipher: SnapshotCipher | None = None
+        # The hot path reads only these two: the cached snapshot's bound encrypt, and
+        # the wall-clock second after which it may no longer encrypt (0: no snapshot),
+        # both from the policy when the snapshot was accepted.
+        self._encrypt: Callable[[bytes | str, bytes], bytes] = _no_cipher
+        self._expires = 0.0
+        self._state = ConnectionState.IDLE
+        self._changed = anyio.Event()
+        self._auth_error: AuthenticationError | None = None
+        self._lost_at: float | None = None  # monotonic time the connection was lost
+        self._failure: str | None = None  # why the last connection attempt ended
+        self._rejected: str | None = None  # why the last rejected snapshot was rejected
+        # Weak: an abandoned iterator (a `break` out of `async for`) just goes away.
+        self._watchers: weakref.WeakSet[SnapshotWatch] = weakref.WeakSet()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.server_url: str | None = None  # the URL currently connected to
+        self.session_id: str | None = None
+
+    def __repr__(self) -> str:
+        tick = self._cipher.snapshot.tick if self._cipher else None
+        return f"CryptoClient(state={self._state.value}, server={self.server_url}, tick={tick})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state is not ConnectionState.IDLE:
+            raise CryptoError("a CryptoClient can be entered only once")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._set_state(ConnectionState.CONNECTING)
+        connector = Connector(self.config, self._policy, self, self._clock)
+        self._tg.start_soon(connector.run, name="arraycrypto client connection")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.close()
+        assert self._tg is not None
+        # Not passing the body's exception on: anyio would wrap it in an ExceptionGroup,
+        # and `except AuthenticationError:` around the `async with` must keep working.
+        await self._tg.__aexit__(None, None, None)
+        return None
+
+    async def close(self) -> None:
+        """Stop the background connection (politely, close code 1000). Idempotent."""
+        if self._state is ConnectionState.CLOSED:
+            return
+        self._set_state(ConnectionState.CLOSED)
+        for watch in list(self._watchers):
+            watch._close()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The state of the background connection."""
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._state is ConnectionState.CLOSED
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The latest verified snapshot, or None before the first one."""
+        return self._cipher.snapshot if self._cipher else None
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is ConnectionState.CONNECTED:
+            self._lost_at = None
+        elif self._lost_at is None and self._state is ConnectionState.CONNECTED:
+            self._lost_at = time.monotonic()
+        self._state = state
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- the public API ------------------------------------------------------------------
+
+    async def authenticate(self) -> None:
+        """Wait until the handshake succeeded and a verified snapshot is cached.
+
+        Raises AuthenticationError if the server rejects our secret or fails to prove
+        its own, SnapshotError if no snapshot arrives within ``snapshot_timeout``.
+        """
+        await self._wait_cipher()
+
+    def encrypt(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
+        """Encrypt now under the cached snapshot: no await, no I/O (the hot path).
+
+        Raises SnapshotError if there is no snapshot yet or it is older than max_drift.
+        """
+        if self._clock() > self._expires:
+            raise self._no_snapshot()
+        return self._encrypt(data, associated_data)
+
+    def decrypt(
+        self,
+        data: bytes | bytearray | memoryview,
+        associated_data: bytes = b"",
+        *,
+        ttl: float | None = None,
+        chunked: bool = False,
+    ) -> bytes:
+        """Decrypt with the keyring alone: never needs the server.
+
+        Raises the opaque DecryptionError for anything that does not decrypt, and
+        SnapshotError if ``ttl`` (seconds) is given and the ciphertext is older, or it is
+        dated beyond ``max_drift`` in the future.
+        """
+        now_ms = int(self._clock() * 1000) if ttl is not None else None
+        return self.keyring.decrypt(
+            data,
+            associated_data,
+            ttl=ttl,
+            now_ms=now_ms,
+            max_drift=self.config.max_drift,
+            chunked=chunked,
+        )
+
+    async def encrypt_message(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
+        """Encrypt ``str`` (as UTF-8) or ``bytes``; waits (bounded) for the first snapshot."""
+        cipher = self._cipher
+        if cipher is None or self._clock() > self._expires:
+            cipher = await self._wait_cipher()
+        if len(data) >= OFFLOAD_SIZE:
+            return await anyio.to_thread.run_sync(cipher.encrypt_chunked, data, associated_data)
+        return cipher.encrypt(data, associated_data)
+
+    async def decrypt_message(
+        self,
+        data: bytes | bytearray | memoryview,
+        associated_data: bytes = b"",
+        *,
+        ttl: float | None = None,
+    ) -> bytes:
+        """Decrypt ``data`` and return ``bytes``; see :meth:`decrypt`."""
+        if len(data) >= OFFLOAD_SIZE:
+            return await anyio.to_thread.run_sync(
+                lambda: self.decrypt(data, associated_data, ttl=ttl, chunked=True)
+            )
+        return self.decrypt(data, associated_data, ttl=ttl)
+
+    def watch(self) -> SnapshotWatch:
+        """Return an async iterator over verified snapshots as they arrive.
+
+        ``async for snapshot in client.watch(): ...`` ends when the client closes. A
+        watcher more than 16 snapshots behind loses the oldest ones, never slows the
+        client down.
+        """
+        watch = SnapshotWatch(closed=self.closed)
+        self._watchers.add(watch)
+        return watch
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _no_snapshot(self) -> CryptoError:
+        if self._state is ConnectionState.IDLE:
+            return CryptoError("use `async with CryptoClient(...)` to connect first")
+        if self._auth_error is not None and self._cipher is None:
+            return AuthenticationError(str(self._auth_error))  # fresh: no traceback pile-up
+        # Say why, so an operator can tell a dead server from a clock or config problem.
+        why = []
+        if self._rejected is not None:
+            why.append(f"last snapshot rejected: {self._rejected}")
+        if self._failure is not None and self._state is not ConnectionState.CONNECTED:
+            why.append(f"last connection error: {self._failure}")
+        detail = f" ({'; '.join(why)})" if why else ""
+        if self._cipher is None:
+            return SnapshotError(f"no snapshot from the server yet{detail}")
+        age = (self._clock() * 1000 - self._cipher.snapshot.timestamp) / 1000
+        if self._lost_at is None:
+            down = "connected, but no fresh snapshot accepted"
+        else:
+            down = f"server unreachable for {time.monotonic() - self._lost_at:.1f} s"
+        return SnapshotError(
+            f"expired snapshot: {age:.1f} s old (max_drift {self.config.max_drift} s);"
+            f" {down}{detail}"
+        )
+
+    async def _wait_cipher(self) -> SnapshotCipher:
+        with anyio.move_on_after(self.config.snapshot_timeout):
+            while True:
+                cipher = self._cipher
+                if cipher is not None and self._clock() <= self._expires:
+                    return cipher
+                if self._state in (ConnectionState.IDLE, ConnectionState.CLOSED):
+                    break
+                if self._auth_error is not None and cipher is None:
+                    raise AuthenticationError(str(self._auth_error))
+                await self._changed.wait()
+        raise self._no_snapshot()
+
+    # -- what the connection reports (connector.Sink) ---------------------------------
+
+    def connecting(self) -> None:
+        """Sink: an attempt starts."""
+        if not self.closed:
+            self._set_state(ConnectionState.CONNECTING)
+
+    def connected(self, url: str, session_id: str) -> None:
+        """Sink: the server at ``url`` proved it holds the secret."""
+        self._auth_error = None
+        self.server_url = url
+        self.session_id = session_id
+        self._set_state(ConnectionState.CONNECTED)
+
+    def accepted(self, event: SnapshotAccepted) -> None:
+        """Sink: a snapshot passed every check; install its cipher for the hot path."""
+        cipher = event.cipher
+        self._cipher = cipher
+        self._encrypt = cipher.encrypt
+        self._expires = event.expires_at
+        self._rejected = None
+        self._failure = None
+        self._notify()
+        for watch in list(self._watchers):
+            watch._push(cipher.snapshot)
+
+    def rejected(self, reason: str) -> None:
+        """Sink: a snapshot was dropped."""
+        self._rejected = reason
+        logger.warning("%s: dropped a snapshot: %s", self.server_url, reason)
+
+    def disconnected(self, url: str, error: BaseException | None) -> None:
+        """Sink: the attempt at ``url`` ended."""
+        self.server_url = None
+        if isinstance(error, AuthenticationError):
+            self._auth_error = error
+        elif error is not None:
+            self._failure = f"{url}: {error or type(error).__name__}"
+        if not self.closed:
+            self._set_state(ConnectionState.DISCONNECTED)

@@ -1,0 +1,193 @@
+"""The client's background connection: connect, drive, reconnect, fail over.
+
+One task per :class:`~arraycrypto.CryptoClient`. Each attempt opens a TCP (or TLS)
+stream and runs a :class:`~arraycrypto.core.client_connection.ClientConnection` over it
+with the shared driver loop; what the connection reports goes to the client
+(:class:`Sink`). Between attempts: exponential backoff with full jitter, reset after a
+success, and the next of ``server_urls`` after a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSStream
+from websockets.uri import parse_uri
+
+from ..core.client_connection import (
+    Authenticated,
+    ClientConnection,
+    Event,
+    Failed,
+    SnapshotAccepted,
+    SnapshotRejected,
+)
+from ..core.config import CryptoConfig, websocket_url
+from ..core.exceptions import AuthenticationError, ProtocolError
+from ..core.handshake import ClientSession, SnapshotPolicy
+from ..core.keys import CHALLENGE_SIZE
+from ..net.driver import Driver
+from ..net.sockets import STREAM_ERRORS
+
+__all__ = ["Connector", "Sink", "backoff"]
+
+logger = logging.getLogger("arraycrypto.client")
+
+_BACKOFF_BASE: Final = 0.1
+_GOODBYE_TIMEOUT: Final = 1.0  # seconds for our close handshake when the client closes
+#: Attempts counted after an authentication failure: retried only at the slowest pace.
+_AUTH_FAILED_ATTEMPT: Final = 64
+
+
+def backoff(attempt: int, cap: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base·2^attempt)] on every delay."""
+    return random.uniform(0, min(cap, _BACKOFF_BASE * 2 ** min(attempt, 30)))  # noqa: S311 - jitter, not crypto
+
+
+class Sink(Protocol):
+    """What the connector tells its client."""
+
+    def connecting(self) -> None:
+        """An attempt starts."""
+
+    def connected(self, url: str, session_id: str) -> None:
+        """The server at ``url`` proved it holds the secret."""
+
+    def accepted(self, event: SnapshotAccepted) -> None:
+        """A snapshot passed every check."""
+
+    def rejected(self, reason: str) -> None:
+        """A snapshot was dropped."""
+
+    def disconnected(self, url: str, error: BaseException | None) -> None:
+        """The attempt at ``url`` ended; ``error`` says why when it failed."""
+
+
+class _ClientStream:
+    """An anyio stream as the driver wants it: TLS has no half-close, so skip it."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        if not isinstance(self._stream, TLSStream):
+            await self._stream.send_eof()
+
+
+class Connector:
+    """Keeps one connection up for a client, across failures and servers."""
+
+    def __init__(
+        self,
+        config: CryptoConfig,
+        policy: SnapshotPolicy,
+        sink: Sink,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self._sink = sink
+        self._clock = clock
+        self._urls = [config.server_url, *config.server_urls]
+        self._ssl: ssl.SSLContext | None = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=self.config.ca_file)
+        return self._ssl
+
+    async def run(self) -> None:
+        """Connect, and reconnect after every end, until cancelled."""
+        attempt = 0
+        index = 0
+        while True:
+            url = self._urls[index % len(self._urls)]
+            self._sink.connecting()
+            subscribed = False
+            error: BaseException | None = None
+            try:
+                subscribed = await self._connect_once(url)
+            except AuthenticationError as exc:
+                logger.error("%s: %s", url, exc)
+                error = exc
+                attempt = _AUTH_FAILED_ATTEMPT
+            except (*STREAM_ERRORS, ProtocolError, TimeoutError, ssl.SSLError) as exc:
+                logger.info("%s: connection failed: %s", url, exc or type(exc).__name__)
+                error = exc
+            self._sink.disconnected(url, error)
+            if subscribed:
+                attempt = 0  # reset after a success; reconnect at once to the same URL
+                continue
+            index += 1
+            if index % len(self._urls) == 0 or isinstance(error, AuthenticationError):
+                # A whole round of URLs failed: back off before the next round.
+                await anyio.sleep(backoff(attempt, self.config.reconnect_max_delay))
+                attempt += 1
+
+    async def _connect_once(self, url: str) -> bool:
+        """Connect, authenticate and receive until the connection ends.
+
+        Returns whether the handshake succeeded; raises why the connection failed.
+        """
+        uri = parse_uri(websocket_url(url))
+        with anyio.fail_after(self.config.connect_timeout):
+            if uri.secure:
+                raw: anyio.abc.ByteStream = await anyio.connect_tcp(
+                    uri.host,
+                    uri.port,
+                    ssl_context=self._ssl_context(),
+                    tls_standard_compatible=False,
+                )
+            else:
+                raw = await anyio.connect_tcp(uri.host, uri.port)
+        session = ClientSession(self.policy, os.urandom(CHALLENGE_SIZE))
+        conn = ClientConnection(
+            uri, session, now=self._clock(), connect_timeout=self.config.connect_timeout
+        )
+        driver = Driver(_ClientStream(raw), conn, self._clock)
+        subscribed = False
+
+        def handle(events: Sequence[Event]) -> None:
+            nonlocal subscribed
+            for event in events:
+                if isinstance(event, SnapshotAccepted):
+                    self._sink.accepted(event)
+                elif isinstance(event, SnapshotRejected):
+                    self._sink.rejected(event.reason)
+                elif isinstance(event, Authenticated):
+                    subscribed = True
+                    logger.info("%s: authenticated (session %s)", url, event.session_id)
+                    self._sink.connected(url, event.session_id)
+                elif isinstance(event, Failed):
+                    logger.debug("%s: %s", url, event.error)
+
+        try:
+            await driver.run(handle)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
+                conn.close(self._clock())
+                await driver.run(handle)
+            raise
+        finally:
+            conn.release()
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(raw)
+        if conn.error is not None:
+            raise conn.error
+        logger.info("%s: connection closed", url)
+        return subscribed

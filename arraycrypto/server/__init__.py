@@ -1,0 +1,6 @@
+"""The push server: a thin anyio driver around the pure core, in rooms (see ``server``)."""
+
+from .server import Server as Server
+from .server import serve as serve
+
+__all__ = ["Server", "serve"]

@@ -1,0 +1,250 @@
+"""The fan-out: the ticker makes each snapshot, every subscriber gets it, pings find the dead.
+
+Each tick's frame is serialised **once** (server frames are unmasked and no extension is
+negotiated, so the bytes are the same for every client). For each subscriber whose
+stream is idle the frame goes out in one non-blocking ``send`` (over TLS, encrypted
+first): no task switch, no per-client work beyond the syscall. Only a subscriber whose
+kernel buffer is full gets a writer task, started on demand, with a one-slot mailbox: a
+newer frame replaces an unsent older one, so what is queued for a slow client is
+bounded and it never delays the ticker or anyone else. A writer blocked past
+``write_timeout`` drops its client; one task pings every client and drops those that
+stop answering.
+
+Every frame comes from the connection object (``conn.push``, ``conn.ping``), which
+hands out bytes only while the connection is open and subscribed: nothing is ever
+written after a Close frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+from websockets.frames import Frame, Opcode
+
+from ..core import messages as m
+from ..core.config import ServerConfig
+from ..core.keyring import Keyring
+from ..core.keys import SEED_SIZE, Snapshot
+from ..core.server_connection import PingVerdict, ServerConnection
+from ..net.sockets import STREAM_ERRORS, DirectStream
+from .metrics import Metrics
+
+__all__ = ["Fanout", "Subscriber", "Ticker"]
+
+logger = logging.getLogger("arraycrypto.server")
+
+
+class Ticker:
+    """Makes a signed snapshot every ``tick_interval``, aligned to the wall clock."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        keyring: Keyring,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._keyring = keyring
+        self._metrics = metrics
+        self._clock = clock
+        self._interval_ms = round(config.tick_interval * 1000)
+        self.snapshot: Snapshot = self._make(self.current_tick())
+        self.json = b""  # the /snapshot body
+        self.frame = b""  # the push frame, the same bytes for every client
+        self._encode()
+
+    def now_ms(self) -> int:
+        """The wall clock in milliseconds, the unit of snapshot timestamps."""
+        return int(self._clock() * 1000)
+
+    def current_tick(self) -> int:
+        """The tick number of the current wall-clock interval."""
+        return self.now_ms() // self._interval_ms
+
+    def _make(self, tick: int) -> Snapshot:
+        return self._keyring.new_snapshot(
+            tick, os.urandom(SEED_SIZE), self.now_ms(), self._config.hash_size
+        )
+
+    def _encode(self) -> None:
+        # Encoded once per tick: the /snapshot body and the push frame every client gets.
+        self.json = m.encode(m.SnapshotMessage.from_snapshot(self.snapshot))
+        self.frame = Frame(Opcode.TEXT, self.json).serialize(mask=False)
+
+    async def run(self, on_tick: Callable[[bytes], None]) -> None:
+        """Tick forever, calling ``on_tick(frame)`` with each new snapshot's frame."""
+        while True:
+            # Sleep to the next wall-clock boundary of tick_interval.
+            delay = self._interval_ms - self.now_ms() % self._interval_ms
+            await anyio.sleep(delay / 1000)
+            tick = self.current_tick()
+            if tick <= self.snapshot.tick:
+                continue  # woke a hair early: the boundary has not passed yet
+            if tick > self.snapshot.tick + 1:
+                # The loop stalled: skip to now, never send a burst of stale ticks.
+                self._metrics.ticks_skipped_total += tick - self.snapshot.tick - 1
+            self.snapshot = self._make(tick)
+            self._encode()
+            self._metrics.ticks_total += 1
+            on_tick(self.frame)
+
+
+class Subscriber:
+    """One subscribed client in the fan-out: its connection, stream and one-slot mailbox."""
+
+    __slots__ = ("conn", "pending", "ping_due", "stream", "write_started", "writing")
+
+    def __init__(self, conn: ServerConnection, stream: DirectStream) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.pending: bytes | None = None  # the newest unsent push (replaceable)
+        self.ping_due = False  # a ping waits for the writer
+        self.writing = False  # a writer task is running
+        self.write_started: float | None = None  # when the current awaited write began
+
+    @property
+    def session_id(self) -> str:
+        """The connection's session id, for logs."""
+        return self.conn.session_id
+
+
+class Fanout:
+    """The set of subscribers, the per-tick push, the writers and the pinger."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self.subscribers: set[Subscriber] = set()
+        #: Writer tasks started (the slow path); an idle client never needs one.
+        self.writers_started = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+        metrics.gauges["subscribed_clients"] = lambda: len(self.subscribers)
+
+    def __len__(self) -> int:
+        return len(self.subscribers)
+
+    async def run(self, ticker: Ticker) -> None:
+        """Run the ticker and the pinger; writers run in the same task group."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._pinger)
+            # Looked up per tick, not bound once: a test can stop the pushes.
+            await ticker.run(lambda frame: self.push(frame))
+
+    def add(self, conn: ServerConnection, stream: DirectStream) -> Subscriber:
+        """Add a subscribed connection; remove it with :meth:`discard` when it ends."""
+        subscriber = Subscriber(conn, stream)
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def discard(self, subscriber: Subscriber) -> None:
+        """Forget a subscriber whose connection ended."""
+        self.subscribers.discard(subscriber)
+
+    def push(self, frame: bytes) -> None:
+        """Hand ``frame`` to every subscriber: written now if its stream is idle."""
+        started = time.perf_counter()
+        now = time.monotonic()
+        write_timeout = self._config.write_timeout
+        for sub in list(self.subscribers):
+            data = sub.conn.push(frame)
+            if data is None:
+                continue  # closing: its reader removes it
+            if sub.writing:
+                # Its writer is still busy: replace any unsent older frame, never queue.
+                sub.pending = data
+                if sub.write_started is not None and now - sub.write_started > write_timeout:
+                    self._drop(sub, "slow", "writes blocked")
+                continue
+            stream = sub.stream
+            if not stream.write_now(data):
+                sub.pending = data  # full, or another send is in progress: a writer sends it
+                self._start_writer(sub)
+            elif stream.backlogged:
+                self._start_writer(sub)  # partly written: the writer sends the rest
+        self._metrics.pushes_total += len(self.subscribers)
+        elapsed = time.perf_counter() - started
+        self._metrics.push_duration_seconds_last = elapsed
+        self._metrics.push_duration_seconds_sum += elapsed
+
+    async def _pinger(self) -> None:
+        # Dead-peer detection for every client from one task, not a timer per connection.
+        interval = self._config.ping_interval
+        timeout = self._config.ping_timeout
+        while True:
+            await anyio.sleep(min(interval, timeout))
+            now = time.monotonic()
+            for sub in list(self.subscribers):
+                verdict = sub.conn.ping_verdict(now, interval, timeout)
+                if verdict is PingVerdict.DEAD:
+                    self._drop(sub, "ping", "no pong")
+                elif verdict is PingVerdict.SEND:
+                    if sub.writing:
+                        sub.ping_due = True  # its writer sends it, when the state allows
+                        continue
+                    ping = sub.conn.ping(now)
+                    if ping is None:
+                        continue
+                    if not sub.stream.write_now(ping):
+                        sub.ping_due = True
+                        self._start_writer(sub)
+                    elif sub.stream.backlogged:
+                        self._start_writer(sub)
+
+    def _start_writer(self, sub: Subscriber) -> None:
+        # Writers are rare (only for a full socket buffer) and short-lived: they run in
+        # the fan-out's task group rather than costing every connection a task.
+        assert self._tg is not None
+        sub.writing = True
+        self.writers_started += 1
+        self._tg.start_soon(self._writer, sub, name="arraycrypto writer")
+
+    def _drop(self, sub: Subscriber, reason: str, why: str) -> None:
+        """Disconnect a subscriber without a closing handshake (it is not reading)."""
+        if sub not in self.subscribers:
+            return
+        self.subscribers.discard(sub)
+        self._metrics.count("dropped_clients_total", reason)
+        logger.info("session %s: %s, dropping", sub.session_id, why)
+        sub.conn.abort()
+        # Closing the socket wakes its reader (which ends the connection) and any writer.
+        sub.stream.close()
+
+    async def _writer(self, sub: Subscriber) -> None:
+        """Send what is queued, the newest push and a due ping, awaiting.
+
+        The connection is asked for each frame at the moment it is written, so a frame
+        that waited here never follows a Close frame onto the wire.
+        """
+        stream, conn = sub.stream, sub.conn
+        try:
+            while True:
+                data: bytes | None = None
+                if sub.pending is not None:
+                    data, sub.pending = conn.push(sub.pending), None
+                elif sub.ping_due:
+                    sub.ping_due = False
+                    data = conn.ping(time.monotonic())
+                elif not stream.backlogged:
+                    return
+                sub.write_started = time.monotonic()
+                if data is None:
+                    await stream.flush()  # what write_now left queued goes first
+                else:
+                    await stream.send(data)
+                sub.write_started = None
+        except STREAM_ERRORS:
+            self._drop(sub, "slow", "write failed")
+        except Exception:
+            # Never let one client's failure reach the server's task group.
+            logger.exception("session %s: writer failed", sub.session_id)
+            self._drop(sub, "slow", "writer failed")
+        finally:
+            sub.writing = False
+            sub.write_started = None

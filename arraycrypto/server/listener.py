@@ -1,0 +1,213 @@
+"""The listener: accept connections, admit or refuse them, and run each one's life.
+
+Per connection: the ``max_connections`` check (before any TLS handshake: a refused
+connection costs no handshake), TLS if configured, the HTTP request head; a WebSocket
+upgrade on the configured path becomes a :class:`ServerConnection` driven by the one
+driver loop until it ends, anything else is answered by the HTTP shim.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ..core import http
+from ..core.config import ServerConfig
+from ..core.keys import CHALLENGE_SIZE, Key
+from ..core.server_connection import (
+    Event,
+    HandshakeFailed,
+    ServerConnection,
+    SnapshotSource,
+    Subscribed,
+)
+from ..net.driver import Driver
+from ..net.sockets import STREAM_ERRORS, DirectStream, SocketStream
+from ..net.tls import ServerTLSStream
+from .fanout import Fanout
+from .metrics import Metrics
+from .shim import Shim
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger("arraycrypto.server")
+
+# accept() errors that mean "out of resources for now", not "the listener is broken".
+_ACCEPT_RETRY: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BATCH: Final = 256  # connections accepted per wake-up before yielding to others
+_GOODBYE_TIMEOUT: Final = 1.0  # seconds for the 1001 closing handshake when stopping
+
+
+class Listener:
+    """Accepts connections on the server's sockets and runs each one."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: Metrics,
+        shim: Shim,
+        fanout: Fanout,
+        key: Callable[[], Key],
+        current: SnapshotSource,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.shim = shim
+        self.fanout = fanout
+        self._key = key
+        self._current = current
+        self._ssl = ssl_context
+
+    async def accept_loop(self, sock: socket.socket, tg: anyio.abc.TaskGroup) -> None:
+        """Accept on a listening socket until cancelled, one task per connection.
+
+        Our own loop rather than anyio's ``serve()``: it accepts every pending
+        connection per wake-up (a reconnect storm arrives all at once), leaves wrapping
+        the socket to the connection's own task, and running out of file descriptors
+        (EMFILE) slows accepting down instead of taking the whole server with it.
+        """
+        while True:
+            await anyio.wait_readable(sock)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    client, _addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break  # none pending
+                except ConnectionAbortedError:
+                    continue  # reset before we got to it
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RETRY:
+                        raise
+                    self.metrics.accept_errors_total += 1
+                    logger.warning("accept failed (%s): retrying in 0.1 s", exc.strerror)
+                    await anyio.sleep(0.1)
+                    break
+                # A fixed task name: deriving one from the function costs per connection.
+                tg.start_soon(self._connection, client, name="arraycrypto connection")
+            else:
+                await anyio.lowlevel.checkpoint()  # a long batch: let the others run
+
+    async def _connection(self, sock: socket.socket) -> None:
+        metrics = self.metrics
+        metrics.connections_total += 1
+        metrics.connections += 1
+        stream: DirectStream | None = None
+        try:
+            # Small frames must leave at once (pushes, the welcome): no Nagle delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = plain = SocketStream(sock)
+            if metrics.connections > self.config.max_connections:
+                metrics.rejected_full_total += 1
+                if self._ssl is None:
+                    await self.shim.reply(plain, "-", 503, {"error": "server full"})
+                return  # TLS: refused before any handshake, by closing
+            if self._ssl is not None:
+                stream = await self._tls(plain)
+            await self._serve(stream)
+        except STREAM_ERRORS:
+            pass  # the peer went away
+        except Exception:
+            logger.exception("unexpected error on a connection")
+        finally:
+            metrics.connections -= 1
+            if stream is None:
+                sock.close()
+            else:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await stream.aclose()
+                stream.close()
+
+    async def _tls(self, stream: SocketStream) -> ServerTLSStream:
+        assert self._ssl is not None
+        try:
+            with anyio.fail_after(self.config.handshake_timeout):
+                return await ServerTLSStream.wrap(stream, self._ssl)
+        except (TimeoutError, ssl.SSLError, *STREAM_ERRORS) as exc:
+            # A port scanner or a plaintext client is not a server error: one line.
+            logger.info("TLS handshake failed: %s", type(exc).__name__)
+            raise anyio.BrokenResourceError from None
+
+    async def _serve(self, stream: DirectStream) -> None:
+        got = await self.shim.read_head(stream)
+        if got == 0:
+            return  # connected and closed without a byte
+        if isinstance(got, int):
+            await self.shim.answer_failure(stream, got)
+            return
+        head, rest = got
+        try:
+            request = http.parse_request_head(head)
+        except ValueError:
+            await self.shim.reply(stream, "-", 400, {"error": "bad request"})
+            return
+        if (
+            request.path != self.config.path
+            or request.method != "GET"
+            or not request.is_websocket_upgrade()
+        ):
+            await self.shim.answer(stream, request)
+            return
+        conn = ServerConnection.upgrade(
+            request,
+            key=self._key(),
+            challenge=os.urandom(CHALLENGE_SIZE),
+            session_id=secrets.token_hex(6),
+            tick_interval=self.config.tick_interval,
+            max_frame_size=self.config.max_frame_size,
+            current=self._current,
+            now=time.monotonic(),
+            handshake_timeout=self.config.handshake_timeout,
+        )
+        # This frame stays suspended for the whole session: drop the request now.
+        del head, request, got
+        if conn is None:
+            await self.shim.reply(
+                stream, self.config.path, 400, {"error": "invalid websocket handshake"}
+            )
+            return
+        await self._websocket(stream, conn, rest)
+
+    async def _websocket(self, stream: DirectStream, conn: ServerConnection, rest: bytes) -> None:
+        driver = Driver[Event](stream, conn, time.monotonic)
+        fanout, metrics = self.fanout, self.metrics
+        subscriber = None
+
+        def handle(events: Sequence[Event]) -> None:
+            nonlocal subscriber
+            for event in events:
+                if isinstance(event, Subscribed):
+                    metrics.handshakes_ok_total += 1
+                    subscriber = fanout.add(conn, stream)
+                    logger.debug("session %s subscribed", event.session_id)
+                elif isinstance(event, HandshakeFailed):
+                    metrics.count("handshakes_failed_total", event.reason)
+                    logger.info("session %s: handshake failed (%s)", conn.session_id, event.reason)
+
+        try:
+            if rest:  # bytes the client sent right after its request head
+                handle(conn.receive_data(rest, time.monotonic()))
+            del rest
+            await driver.run(handle)
+        except anyio.get_cancelled_exc_class():
+            # The server is stopping: tell the client (1001), shielded and bounded.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
+                conn.going_away(time.monotonic())
+                await driver.run(handle)
+            raise
+        finally:
+            if subscriber is not None:
+                fanout.discard(subscriber)
+                logger.debug("session %s ended", conn.session_id)
+            conn.release()

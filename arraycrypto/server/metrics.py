@@ -1,0 +1,136 @@
+"""The server's metrics: one declaration per metric, one renderer (Prometheus text 0.0.4).
+
+Counters are plain attributes named after their metric, so the hot paths pay one
+attribute increment (``metrics.pushes_total += n``). A labelled counter is a dict from
+label values to a count (:meth:`Metrics.count`). Gauges owned by another room (the
+fan-out's subscriber count, the task count) are read when ``/metrics`` is rendered.
+PROTOCOL.md, section 6, lists the same names: change both together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, NamedTuple
+
+__all__ = ["METRICS", "Metric", "Metrics"]
+
+
+class Metric(NamedTuple):
+    """One metric: its name (without the ``arraycrypto_`` prefix), type, help, labels."""
+
+    name: str
+    kind: str  # "counter" or "gauge"
+    help: str
+    labels: tuple[str, ...] = ()
+    #: Label values always shown, at 0 before anything is counted.
+    always: tuple[tuple[str, ...], ...] = ()
+
+
+METRICS: Final = (
+    Metric("connections_total", "counter", "TCP connections accepted."),
+    Metric("connections", "gauge", "Open TCP connections."),
+    Metric("subscribed_clients", "gauge", "Authenticated WebSocket clients."),
+    Metric("handshakes_ok_total", "counter", "Successful handshakes."),
+    Metric(
+        "handshakes_failed_total",
+        "counter",
+        "Failed handshakes by reason.",
+        ("reason",),
+        (("authentication",),),
+    ),
+    Metric("ticks_total", "counter", "Snapshots made."),
+    Metric("ticks_skipped_total", "counter", "Ticks skipped because the loop stalled."),
+    Metric("pushes_total", "counter", "Snapshot frames handed to client writers."),
+    Metric(
+        "dropped_clients_total",
+        "counter",
+        "Clients dropped by the server.",
+        ("reason",),
+        (("slow",), ("ping",)),
+    ),
+    Metric("rejected_full_total", "counter", "Connections refused at max_connections."),
+    Metric(
+        "http_requests_total",
+        "counter",
+        "HTTP shim requests by path and status.",
+        ("path", "status"),
+    ),
+    Metric("push_duration_seconds_sum", "counter", "Time spent fanning out ticks."),
+    Metric("push_duration_seconds_last", "gauge", "Fan-out time of the last tick."),
+    Metric("tasks", "gauge", "Tasks in the server's event loop."),
+    Metric(
+        "accept_errors_total",
+        "counter",
+        "accept() failures for lack of resources (file descriptors).",
+    ),
+)
+
+
+class Metrics:
+    """The server's counters; ``render()`` exposes them with the declarations above."""
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.connections = 0
+        self.handshakes_ok_total = 0
+        self.ticks_total = 0
+        self.ticks_skipped_total = 0
+        self.pushes_total = 0
+        self.rejected_full_total = 0
+        self.push_duration_seconds_sum = 0.0
+        self.push_duration_seconds_last = 0.0
+        self.accept_errors_total = 0
+        self.handshakes_failed_total: dict[tuple[str, ...], int] = {}
+        self.dropped_clients_total: dict[tuple[str, ...], int] = {}
+        self.http_requests_total: dict[tuple[str, ...], int] = {}
+        #: Gauges read at render time from the room that owns them.
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def count(self, name: str, *labels: str) -> None:
+        """Add one to the labelled counter ``name`` for these label values."""
+        table: dict[tuple[str, ...], int] = getattr(self, name)
+        table[labels] = table.get(labels, 0) + 1
+
+    def value(self, name: str, *labels: str) -> float:
+        """Return a metric's current value (for one label combination, if labelled)."""
+        if name in self.gauges:
+            return self.gauges[name]()
+        current = getattr(self, name)
+        if isinstance(current, dict):
+            return float(current.get(labels, 0))
+        return float(current)
+
+    def render(self, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+        """Return the Prometheus text exposition; ``extra`` labels go on every sample."""
+        out: list[str] = []
+        for metric in METRICS:
+            name = f"arraycrypto_{metric.name}"
+            out.append(f"# HELP {name} {metric.help}")
+            out.append(f"# TYPE {name} {metric.kind}")
+            if metric.labels:
+                table: dict[tuple[str, ...], int] = getattr(self, metric.name)
+                samples = {values: 0 for values in metric.always}
+                samples.update(table)
+                for values, count in sorted(samples.items()):
+                    pairs = (*extra, *zip(metric.labels, values, strict=True))
+                    out.append(f"{name}{_labels(pairs)} {count}")
+            else:
+                value = self.value(metric.name)
+                out.append(f"{name}{_labels(extra)} {_number(value)}")
+        return ("\n".join(out) + "\n").encode()
+
+
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    if not pairs:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    # Prometheus label values: backslash, double quote and newline are escaped.
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,0 +1,63 @@
+"""The one hand-written WebSocket frame codec of the harness (RFC 6455, section 5.2).
+
+Tests and scripts use it to send what a real client never would (``encode`` gives the
+caller every field) and to read server frames without a WebSocket library
+(``parse``), for clients light enough to run 10 000 in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+__all__ = ["CLOSE", "PING", "PONG", "TEXT", "close_code", "encode", "parse"]
+
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def encode(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    mask: bool = True,
+    rsv: int = 0,
+    length: int | None = None,
+) -> bytes:
+    """A client frame, with every field under the caller's control."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    mask_bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([mask_bit | n])
+    elif n < 65536:
+        head += bytes([mask_bit | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack(">Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def parse(buffer: bytes) -> tuple[int, bytes, bytes] | None:
+    """Split one server frame (unmasked) off ``buffer``: (opcode, payload, rest), or None."""
+    if len(buffer) < 2:
+        return None
+    n, offset = buffer[1] & 0x7F, 2
+    if n == 126:
+        if len(buffer) < 4:
+            return None
+        n, offset = struct.unpack(">H", buffer[2:4])[0], 4
+    elif n == 127:
+        if len(buffer) < 10:
+            return None
+        n, offset = struct.unpack(">Q", buffer[2:10])[0], 10
+    if len(buffer) < offset + n:
+        return None
+    return buffer[0] & 0x0F, buffer[offset : offset + n], buffer[offset + n :]
+
+
+def close_code(payload: bytes) -> int | None:
+    """The code of a Close frame's payload (None when it carries none)."""
+    return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
