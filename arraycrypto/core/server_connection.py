@@ -1,8 +1,9 @@
 """One server-side connection, Sans-I/O: WebSocket framing, the session, what may be sent.
 
-:class:`ServerConnection` wraps websockets' ``ServerProtocol`` (framing, pings, the
-closing handshake) and a :class:`~arraycrypto.core.handshake.ServerSession` (the
-challenge and the proofs), and owns every rule about this connection. The driver feeds
+:class:`ServerConnection` wraps websockets' Sans-I/O protocol (``ServerProtocol`` checks
+the upgrade; its framing layer handles frames, pings and the closing handshake) and a
+:class:`~arraycrypto.core.handshake.ServerSession` (the challenge and the proofs), and
+owns every rule about this connection. The driver feeds
 it bytes (``receive_data``), writes what :meth:`~ServerConnection.data_to_send` returns,
 sleeps until :attr:`~ServerConnection.deadline` and reports it (``timeout``), and asks
 it for every frame it would send on its own: :meth:`~ServerConnection.push` and
@@ -38,7 +39,7 @@ import msgspec
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 
 from . import messages as m
@@ -67,6 +68,10 @@ PING_FRAME: Final = Frame(Opcode.PING, b"").serialize(mask=False)
 
 # websockets logs every connection at INFO: a separate, quieter logger.
 _ws_logger = logging.getLogger("arraycrypto.server.websocket")
+
+# One ServerProtocol serves every upgrade for its accept(), which only reads the request
+# (and its own settings: no extension, no subprotocol) and builds the response.
+_ACCEPTOR: Final = ServerProtocol(logger=_ws_logger)
 
 
 class ServerPhase(enum.IntEnum):
@@ -128,7 +133,7 @@ class ServerConnection:
 
     def __init__(
         self,
-        protocol: ServerProtocol,
+        protocol: Protocol,
         session: ServerSession,
         current: SnapshotSource,
         deadline: float,
@@ -165,14 +170,18 @@ class ServerConnection:
         The 101 response and the challenge are queued: send :meth:`data_to_send`.
         ``current`` returns the server's current snapshot, which the welcome carries.
         """
-        # Created OPEN: our own parser read the request head, so websockets' parser
-        # starts at the frames and never holds the request (or its headers) alive.
-        # No extension is offered: compression would double the fan-out's CPU and make
-        # frame bytes differ between clients.
-        protocol = ServerProtocol(state=State.OPEN, max_size=max_frame_size, logger=_ws_logger)
-        response = protocol.accept(Request(request.target, Headers(request.raw_headers)))
+        # websockets checks the upgrade request and computes the response. No extension
+        # is offered: compression would double the fan-out's CPU and make frame bytes
+        # differ between clients.
+        response = _ACCEPTOR.accept(Request(request.target, Headers(request.raw_headers)))
         if response.status_code != 101:
             return None
+        # The connection itself needs only websockets' framing layer, created OPEN: our
+        # own parser read the request head, so its parser starts at the frames and never
+        # holds the request (or its headers) alive for the connection's lifetime.
+        protocol = Protocol(
+            Side.SERVER, state=State.OPEN, max_size=max_frame_size, logger=_ws_logger
+        )
         session = ServerSession(key, challenge, session_id, tick_interval)
         protocol.writes.append(response.serialize())
         protocol.send_text(session.challenge_message())

@@ -157,11 +157,15 @@ class SocketStream:
                 try:
                     sent = self._sock.send(self._out)
                 except _WOULD_BLOCK:
-                    await anyio.wait_writable(self._sock)
-                    continue
+                    sent = -1
                 except OSError as exc:
                     raise anyio.BrokenResourceError(str(exc)) from None
-                self._out = self._out[sent:]
+                if sent < 0:
+                    # Awaited outside the except block: a parked handler would keep the
+                    # exception and its traceback alive for as long as it waits.
+                    await anyio.wait_writable(self._sock)
+                else:
+                    self._out = self._out[sent:]
         finally:
             self._gate.release()
 
@@ -180,13 +184,17 @@ class SocketStream:
             try:
                 data = self._sock.recv(max_bytes)
             except _WOULD_BLOCK:
-                await anyio.wait_readable(self._sock)
-                continue
+                data = None
             except OSError as exc:
                 raise anyio.BrokenResourceError(str(exc)) from None
-            if not data:
+            if data is None:
+                # Outside the except block: an idle connection parks here for hours,
+                # and a handler would keep the BlockingIOError and its traceback alive.
+                await anyio.wait_readable(self._sock)
+            elif data:
+                return data
+            else:
                 raise anyio.EndOfStream
-            return data
 
     async def send_eof(self) -> None:
         """Send what is queued, then half-close (FIN): the peer reads the end of input."""

@@ -35,7 +35,7 @@ from ..core.server_connection import (
 from ..net.driver import Driver
 from ..net.sockets import STREAM_ERRORS, DirectStream, SocketStream
 from ..net.tls import ServerTLSStream
-from .fanout import Fanout
+from .fanout import Fanout, Subscriber
 from .metrics import Metrics
 from .shim import Shim
 
@@ -100,10 +100,18 @@ class Listener:
                 await anyio.lowlevel.checkpoint()  # a long batch: let the others run
 
     async def _connection(self, sock: socket.socket) -> None:
+        """One connection's whole life, in one frame: an idle subscriber waits here.
+
+        Everything a subscribed connection keeps while it waits for its next bytes is in
+        this frame, the driver's step and the stream's receive: each suspended frame
+        costs every connection memory, so the phases before it return first.
+        """
         metrics = self.metrics
         metrics.connections_total += 1
         metrics.connections += 1
         stream: DirectStream | None = None
+        conn: ServerConnection | None = None
+        subscriber: Subscriber | None = None
         try:
             # Small frames must leave at once (pushes, the welcome): no Nagle delay.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,13 +123,36 @@ class Listener:
                 return  # TLS: refused before any handshake, by closing
             if self._ssl is not None:
                 stream = await self._tls(plain)
-            await self._serve(stream)
+            opened = await self._open(stream)
+            if opened is None:
+                return  # answered over plain HTTP
+            conn, first = opened
+            del opened
+            driver = Driver(stream, conn, time.monotonic)
+            events: Sequence[Event] | None = first
+            del first
+            try:
+                while events is not None:
+                    subscriber = self._handle(events, conn, stream) or subscriber
+                    events = await driver.step()
+            except anyio.get_cancelled_exc_class():
+                # The server is stopping: tell the client (1001), shielded and bounded.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
+                    conn.going_away(time.monotonic())
+                    while (closing := await driver.step()) is not None:
+                        self._handle(closing, conn, stream)
+                raise
         except STREAM_ERRORS:
             pass  # the peer went away
         except Exception:
             logger.exception("unexpected error on a connection")
         finally:
             metrics.connections -= 1
+            if subscriber is not None:
+                self.fanout.discard(subscriber)
+                logger.debug("session %s ended", subscriber.session_id)
+            if conn is not None:
+                conn.release()
             if stream is None:
                 sock.close()
             else:
@@ -139,26 +170,32 @@ class Listener:
             logger.info("TLS handshake failed: %s", type(exc).__name__)
             raise anyio.BrokenResourceError from None
 
-    async def _serve(self, stream: DirectStream) -> None:
+    async def _open(self, stream: DirectStream) -> tuple[ServerConnection, Sequence[Event]] | None:
+        """Read the request head; answer plain HTTP, or upgrade to a WebSocket connection.
+
+        Returns the connection and the events of any bytes that followed the head, or
+        None when the request was answered (or never came).
+        """
         got = await self.shim.read_head(stream)
         if got == 0:
-            return  # connected and closed without a byte
+            return None  # connected and closed without a byte
         if isinstance(got, int):
             await self.shim.answer_failure(stream, got)
-            return
+            return None
         head, rest = got
         try:
             request = http.parse_request_head(head)
         except ValueError:
             await self.shim.reply(stream, "-", 400, {"error": "bad request"})
-            return
+            return None
         if (
             request.path != self.config.path
             or request.method != "GET"
             or not request.is_websocket_upgrade()
         ):
             await self.shim.answer(stream, request)
-            return
+            return None
+        now = time.monotonic()
         conn = ServerConnection.upgrade(
             request,
             key=self._key(),
@@ -167,47 +204,28 @@ class Listener:
             tick_interval=self.config.tick_interval,
             max_frame_size=self.config.max_frame_size,
             current=self._current,
-            now=time.monotonic(),
+            now=now,
             handshake_timeout=self.config.handshake_timeout,
         )
-        # This frame stays suspended for the whole session: drop the request now.
-        del head, request, got
         if conn is None:
             await self.shim.reply(
                 stream, self.config.path, 400, {"error": "invalid websocket handshake"}
             )
-            return
-        await self._websocket(stream, conn, rest)
+            return None
+        # Bytes the client sent right after its request head belong to the WebSocket.
+        return conn, conn.receive_data(rest, now) if rest else ()
 
-    async def _websocket(self, stream: DirectStream, conn: ServerConnection, rest: bytes) -> None:
-        driver = Driver[Event](stream, conn, time.monotonic)
-        fanout, metrics = self.fanout, self.metrics
+    def _handle(
+        self, events: Sequence[Event], conn: ServerConnection, stream: DirectStream
+    ) -> Subscriber | None:
+        """Act on a connection's events; return its fan-out entry once it subscribed."""
         subscriber = None
-
-        def handle(events: Sequence[Event]) -> None:
-            nonlocal subscriber
-            for event in events:
-                if isinstance(event, Subscribed):
-                    metrics.handshakes_ok_total += 1
-                    subscriber = fanout.add(conn, stream)
-                    logger.debug("session %s subscribed", event.session_id)
-                elif isinstance(event, HandshakeFailed):
-                    metrics.count("handshakes_failed_total", event.reason)
-                    logger.info("session %s: handshake failed (%s)", conn.session_id, event.reason)
-
-        try:
-            if rest:  # bytes the client sent right after its request head
-                handle(conn.receive_data(rest, time.monotonic()))
-            del rest
-            await driver.run(handle)
-        except anyio.get_cancelled_exc_class():
-            # The server is stopping: tell the client (1001), shielded and bounded.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
-                conn.going_away(time.monotonic())
-                await driver.run(handle)
-            raise
-        finally:
-            if subscriber is not None:
-                fanout.discard(subscriber)
-                logger.debug("session %s ended", conn.session_id)
-            conn.release()
+        for event in events:
+            if isinstance(event, Subscribed):
+                self.metrics.handshakes_ok_total += 1
+                subscriber = self.fanout.add(conn, stream)
+                logger.debug("session %s subscribed", event.session_id)
+            elif isinstance(event, HandshakeFailed):
+                self.metrics.count("handshakes_failed_total", event.reason)
+                logger.info("session %s: handshake failed (%s)", conn.session_id, event.reason)
+        return subscriber
