@@ -87,3 +87,29 @@ def test_exception_tree() -> None:
         "ProtocolError",
     ):
         assert issubclass(getattr(arraycrypto, name), arraycrypto.CryptoError)
+
+
+#: Which rooms of the package each room may import: the core none, the drivers the
+#: core, and nothing imports upward (the CLI, at the top, may import everything).
+LAYERS = {
+    "core": set(),
+    "net": {"core"},
+    "server": {"core", "net"},
+    "client": {"core", "net"},
+    "cli": {"core", "net", "server", "client"},
+}
+
+
+@pytest.mark.parametrize("room", sorted(LAYERS))
+def test_rooms_import_only_downward(room: str) -> None:
+    for path in sorted((PACKAGE / room).glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                target = (node.module or "").split(".")[0]
+                assert target in LAYERS[room], f"{room}/{path.name} imports ..{target}"
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "arraycrypto."
+            ):
+                target = (node.module or "").split(".")[1]
+                assert target in LAYERS[room], f"{room}/{path.name} imports {node.module}"

@@ -125,14 +125,6 @@ def test_any_frame_after_subscription_is_unexpected() -> None:
     assert info.value.code == CloseCode.UNEXPECTED_MESSAGE
 
 
-def test_binary_frame() -> None:
-    ring = Keyring(SECRET)
-    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
-    with pytest.raises(Violation) as info:
-        server.receive_binary()
-    assert info.value.code == CloseCode.UNSUPPORTED_DATA
-
-
 def push(client: ClientSession, ring: Keyring, tick: int, ts: int, now: int) -> object:
     msg = m.SnapshotMessage.from_snapshot(ring.new_snapshot(tick, bytes(16), ts))
     return client.receive_text(m.encode(msg), now)

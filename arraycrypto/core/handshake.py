@@ -57,8 +57,6 @@ class CloseCode(enum.IntEnum):
     PROTOCOL_ERROR = 1002  # WebSocket framing error (detected by websockets)
     UNSUPPORTED_DATA = 1003  # a binary frame
     MESSAGE_TOO_BIG = 1009  # frame above max_frame_size
-    INTERNAL_ERROR = 1011  # ping timeout or a server bug
-    TRY_AGAIN_LATER = 1013  # max_connections reached
     AUTHENTICATION_FAILED = 4001
     HANDSHAKE_TIMEOUT = 4002
     UNEXPECTED_MESSAGE = 4003  # malformed, unknown, or not allowed in this state
@@ -69,8 +67,6 @@ REASONS: Final[dict[int, str]] = {
     CloseCode.GOING_AWAY: "server shutting down",
     CloseCode.UNSUPPORTED_DATA: "binary frames are not accepted",
     CloseCode.MESSAGE_TOO_BIG: "frame too large",
-    CloseCode.INTERNAL_ERROR: "internal error",
-    CloseCode.TRY_AGAIN_LATER: "server full",
     CloseCode.AUTHENTICATION_FAILED: "authentication failed",
     CloseCode.HANDSHAKE_TIMEOUT: "handshake timeout",
     CloseCode.UNEXPECTED_MESSAGE: "unexpected message",
@@ -143,11 +139,6 @@ class ServerSession:
                 snapshot=m.SnapshotMessage.from_snapshot(snapshot),
             )
         )
-
-    def receive_binary(self) -> None:
-        """Handle a binary frame: never allowed."""
-        self.state = ServerState.CLOSED
-        raise Violation(CloseCode.UNSUPPORTED_DATA)
 
 
 class ClientState(enum.IntEnum):

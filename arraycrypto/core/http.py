@@ -22,7 +22,6 @@ _REASONS: Final = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }
 

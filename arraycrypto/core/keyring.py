@@ -67,10 +67,6 @@ class Keyring:
         """Return a snapshot signed with the primary key."""
         return self.primary.sign_snapshot(tick, seed, timestamp, signature_size)
 
-    def verify_snapshot(self, snapshot: Snapshot) -> bool:
-        """Return whether ``snapshot`` is signed by any key of this keyring."""
-        return self.verify(snapshot) is not None
-
     def verify(self, snapshot: Snapshot) -> Key | None:
         """Return the key that signed ``snapshot``, or None if none of ours did."""
         key = self._by_id.get(snapshot.key_id)

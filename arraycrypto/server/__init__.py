@@ -2,5 +2,6 @@
 
 from .server import Server as Server
 from .server import serve as serve
+from .tuning import tune_process as tune_process
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "serve", "tune_process"]

@@ -31,6 +31,7 @@ from ..core.config import ServerConfig
 from ..core.keyring import Keyring
 from ..core.keys import SEED_SIZE, Snapshot
 from ..core.server_connection import PingVerdict, ServerConnection
+from ..core.ticks import TickSchedule
 from ..net.sockets import STREAM_ERRORS, DirectStream
 from .metrics import Metrics
 
@@ -53,8 +54,8 @@ class Ticker:
         self._keyring = keyring
         self._metrics = metrics
         self._clock = clock
-        self._interval_ms = round(config.tick_interval * 1000)
-        self.snapshot: Snapshot = self._make(self.current_tick())
+        self.schedule = TickSchedule(round(config.tick_interval * 1000))
+        self.snapshot: Snapshot = self._make(self.schedule.tick_at(self.now_ms()))
         self.json = b""  # the /snapshot body
         self.frame = b""  # the push frame, the same bytes for every client
         self._encode()
@@ -62,10 +63,6 @@ class Ticker:
     def now_ms(self) -> int:
         """The wall clock in milliseconds, the unit of snapshot timestamps."""
         return int(self._clock() * 1000)
-
-    def current_tick(self) -> int:
-        """The tick number of the current wall-clock interval."""
-        return self.now_ms() // self._interval_ms
 
     def _make(self, tick: int) -> Snapshot:
         return self._keyring.new_snapshot(
@@ -80,15 +77,12 @@ class Ticker:
     async def run(self, on_tick: Callable[[bytes], None]) -> None:
         """Tick forever, calling ``on_tick(frame)`` with each new snapshot's frame."""
         while True:
-            # Sleep to the next wall-clock boundary of tick_interval.
-            delay = self._interval_ms - self.now_ms() % self._interval_ms
-            await anyio.sleep(delay / 1000)
-            tick = self.current_tick()
-            if tick <= self.snapshot.tick:
+            await anyio.sleep(self.schedule.delay(self.now_ms()))
+            due = self.schedule.due(self.now_ms(), self.snapshot.tick)
+            if due is None:
                 continue  # woke a hair early: the boundary has not passed yet
-            if tick > self.snapshot.tick + 1:
-                # The loop stalled: skip to now, never send a burst of stale ticks.
-                self._metrics.ticks_skipped_total += tick - self.snapshot.tick - 1
+            tick, skipped = due  # after a stall: skip to now, never a burst of stale ticks
+            self._metrics.ticks_skipped_total += skipped
             self.snapshot = self._make(tick)
             self._encode()
             self._metrics.ticks_total += 1
