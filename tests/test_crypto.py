@@ -249,3 +249,19 @@ def test_chunked_gcm_is_the_same_envelope(size: int) -> None:
         ring.decrypt(chunked[:-1] + bytes([chunked[-1] ^ 1]), b"ad", chunked=True)
     with pytest.raises(DecryptionError):
         ring.decrypt(chunked, b"other", chunked=True)
+
+
+def test_decrypt_cache_admits_only_ciphertexts_that_decrypt() -> None:
+    # Anyone can read signed snapshots (GET /snapshot) and build tokens whose header
+    # verifies; with junk after it they must not take cache slots from real entries.
+    ring = Keyring(SECRET)
+    real = ring.encrypt(snap(ring, tick=1), b"real")
+    reader = Keyring(SECRET)
+    assert reader.decrypt(real) == b"real"
+    assert len(reader._ciphers) == 1
+    for tick in range(2, 50):
+        header = snap(ring, tick=tick).header()
+        with pytest.raises(DecryptionError):
+            reader.decrypt(header + bytes(12) + b"junk" * 8)
+    assert len(reader._ciphers) == 1  # still only the snapshot that decrypted
+    assert reader.decrypt(real) == b"real"

@@ -97,13 +97,16 @@ class Keyring:
 
     def _remember(self, header: bytes, snapshot: Snapshot, key: Key) -> SnapshotCipher:
         cipher = SnapshotCipher(snapshot, key.data_key(snapshot))
+        self._store(header, cipher)
+        return cipher
+
+    def _store(self, header: bytes, cipher: SnapshotCipher) -> None:
         if len(self._ciphers) >= CACHE_SIZE:
             # Threads (SyncCryptoClient) may evict at the same moment: losing that race
             # only means the cache holds an entry or two more for a while.
             with contextlib.suppress(RuntimeError, KeyError, StopIteration):
                 del self._ciphers[next(iter(self._ciphers))]
         self._ciphers[header] = cipher
-        return cipher
 
     def encrypt(self, snapshot: Snapshot, data: bytes | str, associated_data: bytes = b"") -> bytes:
         """Encrypt ``data`` under ``snapshot`` (verified once, then cached)."""
@@ -131,14 +134,16 @@ class Keyring:
         if ttl is not None and now_ms is None:
             raise TypeError("ttl needs now_ms: pass the current time in milliseconds")
         # Hot path (~1.3 us budget): one dict lookup for a header seen before, one AEAD
-        # call. Only verified headers enter the cache, so a cache hit needs no checks.
+        # call. Only headers of ciphertexts that decrypted enter the cache, so a cache
+        # hit needs no checks, and junk after a valid (public) header takes no slot.
         try:
             data = token if type(token) is bytes else bytes(token)
             end = data[41] + 42  # signature length byte at offset 41, then the signature
             header = data[:end]
             cipher = self._ciphers.get(header)
+            new = cipher is None
             if cipher is None:
-                cipher = self._admit_header(header)
+                cipher = self._header_cipher(header)
             aad = header + associated_data if associated_data else header
             if len(data) > 4096:
                 # Large payloads: memoryview slices avoid copying the ciphertext.
@@ -152,6 +157,8 @@ class Keyring:
         except (IndexError, TypeError, ValueError, InvalidTag, DecryptionError):
             # AES-GCM rejects a short body or a bad tag before returning anything.
             raise DecryptionError from None
+        if new:
+            self._store(header, cipher)
         if now_ms is not None:
             stamp = cipher.snapshot.timestamp
             if stamp - now_ms > max_drift * 1000:
@@ -160,7 +167,8 @@ class Keyring:
                 raise SnapshotError("ciphertext is older than its ttl")
         return plaintext
 
-    def _admit_header(self, header: bytes) -> SnapshotCipher:
+    def _header_cipher(self, header: bytes) -> SnapshotCipher:
+        """The cipher of an envelope header whose signature verifies (not cached)."""
         sig_len = len(header) - SNAPSHOT_BODY_SIZE - 1
         if not MIN_SIGNATURE_SIZE <= sig_len <= MAX_SIGNATURE_SIZE:
             raise DecryptionError
@@ -170,7 +178,7 @@ class Keyring:
         if version != ENVELOPE_VERSION:
             raise DecryptionError
         snapshot = Snapshot(tick, seed, timestamp, key_id, header[SNAPSHOT_BODY_SIZE + 1 :])
-        cipher = self._admit(header, snapshot)
-        if cipher is None:
+        key = self.verify(snapshot)
+        if key is None:
             raise DecryptionError
-        return cipher
+        return SnapshotCipher(snapshot, key.data_key(snapshot))
