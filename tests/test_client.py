@@ -121,12 +121,13 @@ async def test_wrong_secret_is_an_authentication_error() -> None:
             assert client.state is not ConnectionState.CONNECTED
 
 
-async def test_server_proof_checked_with_old_keys_in_keyring() -> None:
-    # The client's primary is new, the server still uses the old secret, which the
-    # client keeps in old_secret_keys: the client proves and verifies with that key.
+async def test_a_next_secret_signs_an_old_one_only_decrypts() -> None:
+    # The server already moved to a secret the client trusts ahead of its primary
+    # (next_secret_keys): the client proves and verifies with it. The same secret as
+    # an old (retired) one is never trusted to sign: see tests/test_trust.py.
     async with running_server() as server:
         assert server.port
-        config = client_config(server.port, secret_key=OTHER, old_secret_keys=[SECRET])
+        config = client_config(server.port, secret_key=OTHER, next_secret_keys=[SECRET])
         async with CryptoClient(config) as client:
             await client.authenticate()
             token = await client.encrypt_message("x")

@@ -124,9 +124,13 @@ def test_rotated_keyring_decrypts_old_ciphertexts() -> None:
         old_ring.decrypt(new_token)  # the old ring never held the new key
 
 
-def test_keyring_rejects_colliding_key_ids() -> None:
-    ring = Keyring(SECRET, old=[SECRET])  # the same secret twice is harmless
+def test_a_secret_is_either_trusted_to_sign_or_retired() -> None:
+    ring = Keyring(SECRET, next=[SECRET])  # the same secret twice is harmless
     assert len(repr(ring).split(",")) == 2
+    with pytest.raises(ValueError, match="both trusted to sign and retired"):
+        Keyring(SECRET, old=[SECRET])
+    with pytest.raises(ValueError, match="both trusted to sign and retired"):
+        Keyring(SECRET, old=[OTHER], next=[OTHER])
 
 
 def test_cipher_rejects_unsigned_snapshot() -> None:

@@ -51,7 +51,7 @@ def test_wrong_client_secret_is_rejected_by_the_server() -> None:
 
 
 def test_client_without_the_servers_key_fails_before_sending_anything() -> None:
-    with pytest.raises(AuthenticationError, match="not in this client's keyring"):
+    with pytest.raises(AuthenticationError, match="does not trust to sign"):
         handshake(server_secret=SECRET, client_secret=OTHER)
 
 
@@ -134,14 +134,20 @@ def test_pushed_snapshots_are_checked() -> None:
     _, client, _, _ = handshake()
     ring = Keyring(SECRET)
     assert isinstance(push(client, ring, 2, T0 + 1000, T0 + 1000), Accepted)
-    assert push(client, ring, 2, T0 + 2000, T0 + 2000) == Rejected("tick 2 is not above 2")
-    late = push(client, ring, 3, T0, T0 + 60_001)
+    # Ordered by the signed timestamp, not the tick: an older or equal one is refused.
+    older = push(client, ring, 9, T0 + 1000, T0 + 2000)
+    assert older == Rejected("not newer than the last accepted snapshot")
+    late = push(client, ring, 3, T0 + 1001, T0 + 61_002)
     assert late == Rejected("timestamp outside max_drift of the local clock")
-    early = push(client, ring, 3, T0 + 60_001, T0)
+    early = push(client, ring, 3, T0 + 61_001, T0)
     assert isinstance(early, Rejected)
     assert isinstance(push(client, ring, 3, T0 + 60_000, T0), Accepted)
-    assert push(client, Keyring(OTHER), 4, T0, T0) == Rejected("bad signature")
-    assert client.policy.last_tick == 3
+    forged = push(client, Keyring(OTHER), 4, T0 + 60_001, T0)
+    assert forged == Rejected(
+        f"signed by key id {Keyring(OTHER).primary.key_id.hex()}, which this client"
+        " does not trust to sign"
+    )
+    assert client.policy.last_timestamp == T0 + 60_000
 
 
 def test_short_signature_rejected_by_hash_size() -> None:
@@ -154,14 +160,14 @@ def test_short_signature_rejected_by_hash_size() -> None:
     assert client.receive_text(welcome, T0) == Rejected("signature shorter than hash_size")
 
 
-def test_last_tick_survives_reconnection() -> None:
+def test_the_last_timestamp_survives_reconnection() -> None:
     ring = Keyring(SECRET)
     client = client_session(ring)
-    client.policy.last_tick = 5
+    client.policy.last_timestamp = T0  # accepted on an earlier connection
     server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
     reply = client.receive_text(server.challenge_message(), T0)
     assert isinstance(reply, bytes)
-    welcome = server.receive_text(reply, ring.new_snapshot(5, bytes(16), T0))
+    welcome = server.receive_text(reply, ring.new_snapshot(5, bytes(16), T0 - 1))
     assert isinstance(client.receive_text(welcome, T0), Rejected)
 
 
@@ -220,3 +226,38 @@ def test_session_inputs_are_checked() -> None:
         ServerSession(ring.primary, b"short", "s", 1.0)
     with pytest.raises(ValueError, match="32 bytes"):
         ClientSession(SnapshotPolicy(ring), b"short")
+
+
+def test_no_signed_value_locks_a_client_out_beyond_max_drift() -> None:
+    # Finding 2: a snapshot with the largest tick (any keyring key can sign one) used to
+    # make every later tick "not above" it until the process restarted.
+    ring = Keyring(SECRET)
+    policy = SnapshotPolicy(ring, max_drift=60)
+    huge = ring.new_snapshot(2**53 - 1, bytes(16), T0)
+    assert isinstance(policy.check(huge, T0), Accepted)
+    normal = ring.new_snapshot(T0 // 1000, bytes(16), T0 + 1000)
+    assert isinstance(policy.check(normal, T0 + 1000), Accepted)
+    # The worst a signed snapshot can do is be dated max_drift ahead: later ones are
+    # refused only until the clock passes it.
+    ahead = ring.new_snapshot(5, bytes(16), T0 + 1000 + 60_000)
+    assert isinstance(policy.check(ahead, T0 + 1000), Accepted)
+    behind = ring.new_snapshot(6, bytes(16), T0 + 30_000)
+    assert isinstance(policy.check(behind, T0 + 30_000), Rejected)
+    later = ring.new_snapshot(7, bytes(16), T0 + 61_001)
+    assert isinstance(policy.check(later, T0 + 61_001), Accepted)
+
+
+def test_old_secrets_only_decrypt() -> None:
+    # Finding 1: a retired secret signs nothing the client accepts; NEW, trusted ahead
+    # of the primary, does, and after it the client never goes back to the primary.
+    old, new = Keyring(SECRET), Keyring(OTHER)
+    retired = SnapshotPolicy(Keyring(OTHER, old=[SECRET]))
+    verdict = retired.check(old.new_snapshot(1, bytes(16), T0), T0)
+    assert isinstance(verdict, Rejected)
+    assert "does not trust" in verdict.reason
+    rotating = SnapshotPolicy(Keyring(SECRET, next=[OTHER]))
+    assert isinstance(rotating.check(old.new_snapshot(1, bytes(16), T0), T0), Accepted)
+    assert isinstance(rotating.check(new.new_snapshot(2, bytes(16), T0 + 1), T0 + 1), Accepted)
+    back = rotating.check(old.new_snapshot(3, bytes(16), T0 + 2), T0 + 2)
+    assert isinstance(back, Rejected)
+    assert "older" in back.reason

@@ -29,7 +29,7 @@ def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
 
 def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
     # Offline: the keyring alone decrypts; no server is contacted.
-    keyring = Keyring(config.secret_key, old=config.old_secret_keys)
+    keyring = Keyring(config.secret_key, old=config.old_secret_keys, next=config.next_secret_keys)
     now_ms = int(time.time() * 1000) if args.ttl is not None else None
     plaintext = keyring.decrypt(
         sys.stdin.buffer.read(),

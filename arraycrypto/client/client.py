@@ -102,7 +102,11 @@ class CryptoClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config if isinstance(config, CryptoConfig) else load_client_config(config)
-        self.keyring = Keyring(self.config.secret_key, old=self.config.old_secret_keys)
+        self.keyring = Keyring(
+            self.config.secret_key,
+            old=self.config.old_secret_keys,
+            next=self.config.next_secret_keys,
+        )
         self._clock = clock
         self._policy = SnapshotPolicy(
             self.keyring, max_drift=self.config.max_drift, min_signature_size=self.config.hash_size
@@ -175,6 +179,18 @@ class CryptoClient:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._state is ConnectionState.CLOSED
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last connection attempt failed or the last snapshot was refused.
+
+        None once a snapshot has been accepted since.
+        """
+        if self._rejected is not None:
+            return f"snapshot rejected: {self._rejected}"
+        if self._auth_error is not None:
+            return str(self._auth_error)
+        return self._failure
 
     @property
     def snapshot(self) -> Snapshot | None:

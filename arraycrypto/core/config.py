@@ -132,8 +132,12 @@ class CryptoConfig(_Config, kw_only=True):
     hash_size: int = 16
     #: More servers to fail over to, tried in turn after ``server_url``.
     server_urls: list[str] = msgspec.field(default_factory=list)
-    #: Older secrets kept only to decrypt ciphertexts made before a rotation.
+    #: Retired secrets, decrypt-only: kept so ciphertexts made under them still decrypt,
+    #: never trusted to sign a handshake or a snapshot again.
     old_secret_keys: list[bytes] = msgspec.field(default_factory=list)
+    #: Secrets the server may move to: trusted to sign (and to decrypt) ahead of
+    #: ``secret_key``, so a rotation never has a moment where clients refuse the server.
+    next_secret_keys: list[bytes] = msgspec.field(default_factory=list)
     #: CA bundle for servers with private certificates (``https://``/``wss://``).
     ca_file: str | None = None
     connect_timeout: float = 10.0
@@ -146,6 +150,15 @@ class CryptoConfig(_Config, kw_only=True):
         self.old_secret_keys = [
             _secret(k, f"old_secret_keys[{i}]") for i, k in enumerate(self.old_secret_keys)
         ]
+        self.next_secret_keys = [
+            _secret(k, f"next_secret_keys[{i}]") for i, k in enumerate(self.next_secret_keys)
+        ]
+        trusted = {self.secret_key, *self.next_secret_keys}
+        if any(k in trusted for k in self.old_secret_keys):
+            raise ConfigError(
+                "`old_secret_keys` holds a secret that is also `secret_key` or in"
+                " `next_secret_keys`: a retired secret only decrypts"
+            )
         _check_range("max_drift", self.max_drift, 0.1, 86400)
         _check_range("handshake_points", self.handshake_points, 1, 1024)
         _check_range("hash_size", self.hash_size, 16, 32)

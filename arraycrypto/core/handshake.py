@@ -170,14 +170,32 @@ class Rejected(msgspec.Struct, frozen=True):
 class SnapshotPolicy:
     """Which snapshots a client accepts, and until when: decided here and nowhere else.
 
-    A snapshot is accepted only if it is signed by a key of the keyring with a
-    signature of at least ``min_signature_size`` bytes, its tick is above every tick
-    accepted before, and its timestamp is within ``max_drift`` seconds of the local
-    clock. It stays fresh (usable to encrypt) until :meth:`expires_at`. One policy
-    lives as long as its client: what it accepted survives reconnections.
+    A snapshot is accepted only if
+
+    - it is signed by a key the keyring trusts to sign (the primary or a ``next``
+      secret; retired ``old`` secrets only decrypt) with a signature of at least
+      ``min_signature_size`` bytes,
+    - that key is not older than the newest trusted key already accepted: once a client
+      has seen a snapshot under a newer key, it never goes back,
+    - its timestamp is after the last accepted one (the same snapshot again is fine),
+      and within ``max_drift`` seconds of the local clock.
+
+    Ordering by the signed timestamp rather than the tick number means no signed value
+    can lock a client out for longer than ``max_drift`` (a snapshot dated that far ahead
+    is the worst case), and a server whose ``tick_interval`` changes locks no one out.
+    An accepted snapshot stays fresh (usable to encrypt) until :meth:`expires_at`. One
+    policy lives as long as its client: what it accepted survives reconnections.
     """
 
-    __slots__ = ("_max_drift_ms", "_min_sig", "keyring", "last_tick", "max_drift")
+    __slots__ = (
+        "_last",
+        "_max_drift_ms",
+        "_min_sig",
+        "keyring",
+        "last_timestamp",
+        "max_drift",
+        "newest_rank",
+    )
 
     def __init__(
         self, keyring: Keyring, *, max_drift: float = 60.0, min_signature_size: int = 16
@@ -186,20 +204,59 @@ class SnapshotPolicy:
         self.max_drift = max_drift
         self._max_drift_ms = max_drift * 1000
         self._min_sig = min_signature_size
-        self.last_tick = -1
+        self.last_timestamp = -1
+        self.newest_rank = 0  # the rank of the newest trusted key accepted so far
+        self._last: Snapshot | None = None
+
+    def signer(self, key_id: bytes) -> Key:
+        """The key a server naming ``key_id`` must prove; raise if it may not sign.
+
+        AuthenticationError: not a key this client trusts to sign. ProtocolError: a
+        trusted key, but older than one this client has already moved to.
+        """
+        rank = self.keyring.trust_rank(key_id)
+        if rank is None:
+            raise AuthenticationError(
+                f"server uses key id {key_id.hex()}, which this client does not trust to"
+                " sign (not its secret_key or next_secret_keys)"
+            )
+        if rank < self.newest_rank:
+            raise ProtocolError(
+                f"server uses key id {key_id.hex()}, older than key id"
+                f" {self._newest_id()} this client has already moved to"
+            )
+        key = self.keyring.key(key_id)
+        assert key is not None
+        return key
+
+    def _newest_id(self) -> str:
+        return self._last.key_id.hex() if self._last is not None else "?"
 
     def check(self, snapshot: Snapshot, now_ms: int) -> Accepted | Rejected:
         """Accept ``snapshot`` at ``now_ms`` (its cipher, verified once) or say why not."""
+        rank = self.keyring.trust_rank(snapshot.key_id)
+        if rank is None:
+            return Rejected(
+                f"signed by key id {snapshot.key_id.hex()}, which this client does not"
+                " trust to sign"
+            )
+        if rank < self.newest_rank:
+            return Rejected(
+                f"signed by key id {snapshot.key_id.hex()}, older than key id"
+                f" {self._newest_id()} this client has already moved to"
+            )
         if len(snapshot.signature) < self._min_sig:
             return Rejected("signature shorter than hash_size")
         key = self.keyring.verify(snapshot)
         if key is None:
             return Rejected("bad signature")
-        if snapshot.tick <= self.last_tick:
-            return Rejected(f"tick {snapshot.tick} is not above {self.last_tick}")
+        if snapshot.timestamp <= self.last_timestamp and snapshot != self._last:
+            return Rejected("not newer than the last accepted snapshot")
         if abs(snapshot.timestamp - now_ms) > self._max_drift_ms:
             return Rejected("timestamp outside max_drift of the local clock")
-        self.last_tick = snapshot.tick
+        self.last_timestamp = snapshot.timestamp
+        self.newest_rank = rank
+        self._last = snapshot
         return Accepted(self.keyring.admit(snapshot, key))
 
     def expires_at(self, snapshot: Snapshot) -> float:
@@ -263,12 +320,11 @@ class ClientSession:
         if c.version != m.PROTOCOL_VERSION:
             self.state = ClientState.CLOSED
             raise ProtocolError(f"server speaks protocol version {c.version}, not 1")
-        key = self.policy.keyring.key(bytes.fromhex(c.key_id))
-        if key is None:
+        try:
+            key = self.policy.signer(bytes.fromhex(c.key_id))
+        except (AuthenticationError, ProtocolError):
             self.state = ClientState.CLOSED
-            raise AuthenticationError(
-                f"server uses key id {c.key_id}, which is not in this client's keyring"
-            )
+            raise
         self._key = key
         self._challenge = bytes.fromhex(c.challenge)
         self.tick_interval = c.tick_interval

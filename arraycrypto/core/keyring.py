@@ -30,25 +30,49 @@ _SIG_LEN_OFFSET: Final = SNAPSHOT_BODY_SIZE
 
 
 class Keyring:
-    """A primary secret plus older decrypt-only secrets, selected by key id.
+    """The secrets of one party, selected by key id: which sign, which only decrypt.
 
-    Rotating the secret loses nothing: keep the old secret in ``old`` and every
-    ciphertext made under it still decrypts. Decryption needs no server and no history:
-    everything else needed is inside the envelope.
+    - ``primary``: the secret this party uses now. A server signs with it; a client
+      trusts it to sign handshakes and snapshots.
+    - ``next``: secrets a client already trusts to sign, ranked after the primary, so a
+      server can move to one of them without a moment where clients refuse it (the
+      first step of a rotation, as Tink stages a key before making it primary).
+    - ``old``: retired secrets, **decrypt-only**: never trusted to sign anything again,
+      kept so every ciphertext made under them still decrypts.
+
+    Every secret decrypts. Decryption needs no server and no history: everything else
+    needed is inside the envelope.
     """
 
-    __slots__ = ("_by_id", "_ciphers", "primary")
+    __slots__ = ("_by_id", "_ciphers", "_ranks", "primary")
 
-    def __init__(self, primary: bytes, old: tuple[bytes, ...] | list[bytes] = ()) -> None:
+    def __init__(
+        self,
+        primary: bytes,
+        old: tuple[bytes, ...] | list[bytes] = (),
+        *,
+        next: tuple[bytes, ...] | list[bytes] = (),
+    ) -> None:
         self.primary = Key(primary)
-        self._by_id: dict[bytes, Key] = {self.primary.key_id: self.primary}
+        self._by_id: dict[bytes, Key] = {}
+        #: Trusted signers by key id: the primary ranks 0, the next secrets 1, 2, ...
+        self._ranks: dict[bytes, int] = {}
+        for rank, secret in enumerate((primary, *next)):
+            key = self._add(secret)
+            self._ranks.setdefault(key.key_id, rank)
         for secret in old:
-            key = Key(secret)
-            if key.key_id in self._by_id and self._by_id[key.key_id]._secret != secret:
-                raise ValueError("two secrets in the keyring share a key id")
-            self._by_id.setdefault(key.key_id, key)
+            key = self._add(secret)
+            if key.key_id in self._ranks:
+                raise ValueError("a secret cannot be both trusted to sign and retired")
         # verified envelope header prefix -> cipher; bounded, oldest evicted first
         self._ciphers: dict[bytes, SnapshotCipher] = {}
+
+    def _add(self, secret: bytes) -> Key:
+        key = Key(secret)
+        known = self._by_id.get(key.key_id)
+        if known is not None and known._secret != secret:
+            raise ValueError("two secrets in the keyring share a key id")
+        return self._by_id.setdefault(key.key_id, key)
 
     def __repr__(self) -> str:
         ids = ", ".join(k.hex() for k in self._by_id)
@@ -56,6 +80,10 @@ class Keyring:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("Keyring holds secrets and cannot be pickled")
+
+    def trust_rank(self, key_id: bytes) -> int | None:
+        """How new a trusted signer is (0 = the primary, then ``next``); None: not trusted."""
+        return self._ranks.get(key_id)
 
     def key(self, key_id: bytes) -> Key | None:
         """Return the key named by ``key_id``, or ``None`` if this keyring lacks it."""
