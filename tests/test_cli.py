@@ -170,3 +170,21 @@ def test_client_config_from_the_server_config(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_encrypt_with_the_server_refusing_fails_at_once(tmp_path: Path) -> None:
+    # Finding 4: a refused connection used to cost snapshot_timeout (10 s by default).
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    client_path = tmp_path / "client_config.json"
+    save_config(
+        client_path,
+        CryptoConfig(server_url=f"http://{HOST}:{port}", secret_key=SECRET, snapshot_timeout=60),
+    )
+    result = cli("encrypt", "--config", str(client_path), data=b"x", timeout=20)
+    assert result.returncode == 1
+    assert b"refused" in result.stderr
+    assert b"Traceback" not in result.stderr

@@ -179,10 +179,12 @@ def test_client_rejects_a_stale_snapshot_and_keeps_its_deadline() -> None:
     wire.handshake()
     deadline = wire.client.deadline
     assert deadline is not None
-    stale = wire.server_ring.new_snapshot(2, b"s" * 16, int((wire.now - 3600) * 1000))
-    frame = Frame(Opcode.TEXT, m.encode(m.SnapshotMessage.from_snapshot(stale)))
-    events = wire.client.receive_data(frame.serialize(mask=False), wire.now)
+    ahead = wire.server_ring.new_snapshot(2, b"s" * 16, int((wire.now + 3600) * 1000))
+    frame = Frame(Opcode.TEXT, m.encode(m.SnapshotMessage.from_snapshot(ahead)))
+    events = wire.client.receive_data(frame.serialize(mask=False), wire.now + 0.5)
     assert events == [SnapshotRejected("timestamp outside max_drift of the local clock")]
+    # Finding 3: only an accepted snapshot proves the server useful.
+    assert wire.client.deadline == deadline
 
 
 def test_client_silence_deadline_fails_the_connection() -> None:

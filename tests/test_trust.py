@@ -7,6 +7,9 @@ balancer would, so the client meets each server in turn on the same URL.
 
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,7 +22,7 @@ from arraycrypto import AuthenticationError, CryptoClient, Keyring, Snapshot, Sn
 from arraycrypto.server import Server
 
 from .harness.clock import wait_for
-from .harness.constants import OTHER, SECRET
+from .harness.constants import HOST, OTHER, SECRET
 from .harness.proxy import FaultProxy
 from .harness.servers import client_config, running_server, server_config
 
@@ -119,3 +122,64 @@ async def test_changing_tick_interval_locks_no_one_out() -> None:
         await wait_for(lambda: client.snapshot is not None and client.snapshot.tick < fine_tick)
         assert client.state.value == "connected"
         client.encrypt("still encrypting")
+
+
+async def test_a_server_sending_only_refused_snapshots_is_left_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Finding 3: a server whose clock runs 120 s ahead sends snapshots the client must
+    # refuse. Only an accepted snapshot proves a server useful: after three tick
+    # intervals without one the client moves on to the next URL. Its warnings about the
+    # refused snapshots are rate-limited, not one per frame.
+    ahead = lambda: time.time() + 120  # noqa: E731
+    async with (
+        running_server(server_config(tick_interval=0.05), clock=ahead) as skewed,
+        running_server(server_config(tick_interval=0.05)) as healthy,
+    ):
+        assert skewed.port
+        assert healthy.port
+        good_url = f"ws://{HOST}:{healthy.port}/ws"
+        config = fast(skewed.port, server_urls=[good_url], snapshot_timeout=15)
+        with caplog.at_level(logging.WARNING, logger="arraycrypto.client"):
+            async with CryptoClient(config) as client:
+                await client.authenticate()
+                assert client.server_url == good_url
+    refused = skewed.metrics.pushes_total
+    warnings = [r for r in caplog.records if "snapshot" in r.getMessage()]
+    assert refused >= 10  # the skewed server pushed many it refused
+    assert 1 <= len(warnings) <= 2
+
+
+async def test_encrypt_message_fails_at_once_when_expired_and_no_connection() -> None:
+    # Finding 4: once the cached snapshot expired and no connection is up, every
+    # encrypt_message waited snapshot_timeout (here 30 s) before raising.
+    clock = FakeClock()
+    async with running_server() as server, proxy_to(server) as proxy:
+        config = fast(proxy.port, max_drift=5, snapshot_timeout=30)
+        async with CryptoClient(config, clock=clock) as client:
+            await client.authenticate()
+            proxy.target_port = dead_port()  # the server is gone: connections refused
+            proxy.cut()
+            clock.offset += 60  # and the cached snapshot has long expired
+            await wait_for(lambda: client.state.value == "disconnected")
+            with anyio.fail_after(3), pytest.raises(SnapshotError, match="expired"):
+                await client.encrypt_message("x")
+            with pytest.raises(SnapshotError, match="expired"):
+                client.encrypt("x")  # the sync call always failed at once
+
+
+class FakeClock:
+    """The wall clock plus an offset the test moves."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def dead_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])

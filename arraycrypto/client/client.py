@@ -30,6 +30,7 @@ from ..core.exceptions import AuthenticationError, CryptoError, SnapshotError
 from ..core.handshake import SnapshotPolicy
 from ..core.keyring import Keyring
 from ..core.keys import Snapshot
+from ..net.logs import RateLimitedLog
 from .connector import Connector
 
 __all__ = ["ConnectionState", "CryptoClient", "SnapshotWatch"]
@@ -125,6 +126,9 @@ class CryptoClient:
         self._rejected: str | None = None  # why the last rejected snapshot was rejected
         # Weak: an abandoned iterator (a `break` out of `async for`) just goes away.
         self._watchers: weakref.WeakSet[SnapshotWatch] = weakref.WeakSet()
+        # One refused frame after another (a replay, a server's clock far off) would
+        # otherwise write a warning per frame.
+        self._warnings = RateLimitedLog(logger)
         self._tg: anyio.abc.TaskGroup | None = None
         self.server_url: str | None = None  # the URL currently connected to
         self.session_id: str | None = None
@@ -217,7 +221,7 @@ class CryptoClient:
         Raises AuthenticationError if the server rejects our secret or fails to prove
         its own, SnapshotError if no snapshot arrives within ``snapshot_timeout``.
         """
-        await self._wait_cipher()
+        await self._wait_cipher(across_attempts=True)
 
     def encrypt(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
         """Encrypt now under the cached snapshot: no await, no I/O (the hot path).
@@ -253,10 +257,16 @@ class CryptoClient:
         )
 
     async def encrypt_message(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
-        """Encrypt ``str`` (as UTF-8) or ``bytes``; waits (bounded) for the first snapshot."""
+        """Encrypt ``str`` (as UTF-8) or ``bytes`` under the cached snapshot.
+
+        Without a fresh snapshot it waits (at most ``snapshot_timeout``) only while a
+        connection attempt or handshake is in progress, for the snapshot it brings; with
+        no attempt in progress (the server is down, the client waits to retry) it raises
+        SnapshotError at once, saying why.
+        """
         cipher = self._cipher
         if cipher is None or self._clock() > self._expires:
-            cipher = await self._wait_cipher()
+            cipher = await self._wait_cipher(across_attempts=False)
         if len(data) >= OFFLOAD_SIZE:
             return await anyio.to_thread.run_sync(cipher.encrypt_chunked, data, associated_data)
         return cipher.encrypt(data, associated_data)
@@ -312,7 +322,13 @@ class CryptoClient:
             f" {down}{detail}"
         )
 
-    async def _wait_cipher(self) -> SnapshotCipher:
+    async def _wait_cipher(self, *, across_attempts: bool) -> SnapshotCipher:
+        """Wait (at most ``snapshot_timeout``) for a fresh snapshot.
+
+        ``across_attempts``: go on waiting through failed attempts and backoff (what
+        :meth:`authenticate` promises); otherwise stop as soon as no attempt is in
+        progress, since nothing will bring a snapshot before the next one.
+        """
         with anyio.move_on_after(self.config.snapshot_timeout):
             while True:
                 cipher = self._cipher
@@ -322,6 +338,8 @@ class CryptoClient:
                     break
                 if self._auth_error is not None and cipher is None:
                     raise AuthenticationError(str(self._auth_error))
+                if not across_attempts and self._state is ConnectionState.DISCONNECTED:
+                    break
                 await self._changed.wait()
         raise self._no_snapshot()
 
@@ -352,9 +370,11 @@ class CryptoClient:
             watch._push(cipher.snapshot)
 
     def rejected(self, reason: str) -> None:
-        """Sink: a snapshot was dropped."""
+        """Sink: a snapshot was dropped (warned about at most once per 10 s per reason)."""
         self._rejected = reason
-        logger.warning("%s: dropped a snapshot: %s", self.server_url, reason)
+        self._warnings.log(
+            logging.WARNING, reason, "%s: refused a snapshot: %s", self.server_url, reason
+        )
 
     def disconnected(self, url: str, error: BaseException | None) -> None:
         """Sink: the attempt at ``url`` ended."""

@@ -51,6 +51,34 @@ def backoff(attempt: int, cap: float) -> float:
     return random.uniform(0, min(cap, _BACKOFF_BASE * 2 ** min(attempt, 30)))  # noqa: S311 - jitter, not crypto
 
 
+class ConnectionFailed(Exception):
+    """Why one attempt failed, in words an operator can act on."""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a failed attempt: the cause anyio's summary hides."""
+    # connect_tcp raises OSError("All connection attempts failed") from the real causes.
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        cause = cause.exceptions[0]
+    if str(exc) == "All connection attempts failed" and isinstance(cause, OSError):
+        exc = cause
+    if not isinstance(exc, ssl.SSLError) and isinstance(exc.__cause__, ssl.SSLError):
+        exc = exc.__cause__  # anyio's TLS stream wraps the handshake's error
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio words it "Connect call failed (...)" even for a refusal: the errno says.
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
 class Sink(Protocol):
     """What the connector tells its client."""
 
@@ -127,8 +155,8 @@ class Connector:
                 error = exc
                 attempt = _AUTH_FAILED_ATTEMPT
             except (*STREAM_ERRORS, ProtocolError, TimeoutError, ssl.SSLError) as exc:
-                logger.info("%s: connection failed: %s", url, exc or type(exc).__name__)
-                error = exc
+                error = ConnectionFailed(describe(exc))
+                logger.info("%s: connection failed: %s", url, error)
             self._sink.disconnected(url, error)
             if subscribed:
                 attempt = 0  # reset after a success; reconnect at once to the same URL

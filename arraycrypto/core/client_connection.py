@@ -16,8 +16,9 @@ Life of one connection::
     any        --close()-------------------------------> CLOSING
     CLOSING    --server's close, end of input, deadline> CLOSED
 
-The deadline before the welcome is ``connect_timeout``; after it, a server that sends
-no snapshot for three tick intervals is treated as dead.
+The deadline before the welcome is ``connect_timeout``; after it, a server from which
+no snapshot was accepted for three tick intervals (silent, or sending only snapshots
+the client refuses) is left for the next one.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class ClientConnection:
         if self.phase is ClientPhase.CLOSING:
             self._end()
         elif self.phase is ClientPhase.SUBSCRIBED:
-            self._fail(TimeoutError("server pushed nothing for several ticks"), now, events)
+            quiet = f"no snapshot accepted for {DEAD_AFTER_TICKS} tick intervals"
+            self._fail(TimeoutError(quiet), now, events)
         elif self.phase < ClientPhase.CLOSING:
             self._fail(TimeoutError("handshake timed out"), now, events)
         return events
@@ -200,16 +202,21 @@ class ClientConnection:
             self.phase = ClientPhase.SUBSCRIBED
             assert session.session_id is not None
             events.append(Authenticated(session.session_id))
-        if self.phase is ClientPhase.SUBSCRIBED:
-            assert session.tick_interval is not None
-            # Any frame after the welcome proves the server alive for a few more ticks.
-            silence = DEAD_AFTER_TICKS * session.tick_interval + _SILENCE_MARGIN
-            self._deadline = now + silence
+            self._renew(now)
         if isinstance(result, Accepted):
+            # Only an accepted snapshot proves the server useful: one that sends only
+            # snapshots the client refuses (a clock far off, a replay) is left behind
+            # after a few ticks like a silent one, for the next server.
+            self._renew(now)
             cipher = result.cipher
             events.append(SnapshotAccepted(cipher, session.policy.expires_at(cipher.snapshot)))
         else:
             events.append(SnapshotRejected(result.reason))
+
+    def _renew(self, now: float) -> None:
+        interval = self._session.tick_interval
+        assert interval is not None
+        self._deadline = now + DEAD_AFTER_TICKS * interval + _SILENCE_MARGIN
 
     def _fail(self, error: Exception, now: float, events: list[Event]) -> None:
         if self.error is None:

@@ -81,9 +81,14 @@ def with_tls(config: ServerConfig, tmp_path: Path) -> tuple[ServerConfig, ssl.SS
 
 
 @asynccontextmanager
-async def running_server(config: ServerConfig | None = None) -> AsyncIterator[Server]:
-    """Run a real server in this event loop; stop it (cancel) on exit."""
-    server = Server(config or server_config())
+async def running_server(
+    config: ServerConfig | None = None, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Server]:
+    """Run a real server in this event loop; stop it (cancel) on exit.
+
+    ``clock`` is the server's wall clock (a test can run it ahead or behind).
+    """
+    server = Server(config or server_config(), clock=clock)
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
         try:
