@@ -1,16 +1,16 @@
 """Hostile input at volume: 100 000+ generated cases against a live server, and offline.
 
-    python -m scripts.fuzz                    # 105 000 network cases + offline cases
+    python -m scripts.fuzz                    # 110 000 network cases + offline cases
     python -m scripts.fuzz --cases 21000 --seed 7 --json
     python -m scripts.fuzz --tls --cases 21000          # the same cases over wss/https
 
 Network: ``arraycrypto serve`` runs as a subprocess on 127.0.0.1 with short timeouts;
-cases from tests/harness/hostile.py (21 classes: garbage around the request line, huge and
+cases from tests/harness/hostile.py (22 classes: garbage around the request line, huge and
 malformed headers, bad opcodes, reserved bits, unmasked frames, oversize lengths,
 malformed control frames, fragments never finished, malformed JSON, wrong types,
-unknown tags, wrong and replayed proofs, binary frames, silent connections) each get a
-fresh connection; the outcome (HTTP status or close code) must be one the protocol
-documents. Meanwhile a witness client must receive every tick. Before and after, the
+unknown tags, wrong and replayed proofs, other protocol versions, binary frames, silent
+connections) each get a fresh connection; the outcome (HTTP status or close code) must be
+one the protocol documents. Meanwhile a witness client must receive every tick. Before and after, the
 server's open file descriptors and event-loop tasks are counted.
 
 With ``--tls`` the server has a certificate from a throwaway trustme CA and every case
@@ -227,7 +227,7 @@ def offline(count: int, seed: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=105_000)
+    parser.add_argument("--cases", type=int, default=110_000)
     parser.add_argument("--offline-cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--concurrency", type=int, default=64)

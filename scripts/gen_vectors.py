@@ -19,6 +19,7 @@ from typing import Any
 
 from arraycrypto import Keyring, Snapshot
 from arraycrypto.core import messages as m
+from arraycrypto.core.keys import handshake_transcript
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 ORIGIN = (
@@ -176,24 +177,37 @@ def envelopes() -> dict[str, Any]:
 
 def handshakes() -> list[dict[str, Any]]:
     out = []
-    for secret, challenge, nonce in (
-        (SECRET_A, bytes(32), bytes(range(32))),
-        (SECRET_B, b"\xc0" * 32, b"\x0e" * 32),
+    for secret, challenge, nonce, interval_ms, session in (
+        (SECRET_A, bytes(32), bytes(range(32)), 1000, "a1b2c3d4e5f6"),
+        (SECRET_B, b"\xc0" * 32, b"\x0e" * 32, 250, "session-2"),
     ):
         k = Keyring(secret).primary
-        client_proof = k.client_proof(challenge, nonce)
+        transcript = handshake_transcript(k.key_id, interval_ms, challenge, nonce)
+        client_proof = k.client_proof(transcript)
         out.append(
             {
                 "secret": secret.hex(),
                 "challenge": challenge.hex(),
                 "nonce": nonce.hex(),
+                "tick_interval_ms": interval_ms,
+                "session": session,
+                "transcript": transcript.hex(),
                 "client_proof": client_proof.hex(),
-                "server_proof": k.server_proof(challenge, nonce).hex(),
+                "server_proof": k.server_proof(transcript, session).hex(),
                 "challenge_frame": m.encode(
-                    m.Challenge(challenge=challenge.hex(), key_id=k.key_id.hex())
+                    m.Challenge(
+                        challenge=challenge.hex(),
+                        key_id=k.key_id.hex(),
+                        tick_interval_ms=interval_ms,
+                    )
                 ).decode(),
                 "handshake_frame": m.encode(
-                    m.Handshake(hash=client_proof.hex(), nonce=nonce.hex(), key_id=k.key_id.hex())
+                    m.Handshake(
+                        hash=client_proof.hex(),
+                        nonce=nonce.hex(),
+                        key_id=k.key_id.hex(),
+                        version=m.PROTOCOL_VERSION,
+                    )
                 ).decode(),
             }
         )

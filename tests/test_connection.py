@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
@@ -25,6 +28,7 @@ from arraycrypto.core.server_connection import (
     Subscribed,
 )
 
+from .harness import frames
 from .harness.constants import OTHER
 from .harness.pure import Wire
 
@@ -231,3 +235,38 @@ def test_upgrade_refused_without_a_key() -> None:
         handshake_timeout=5.0,
     )
     assert refused is None
+
+
+def tamper(wire: Wire, change: Callable[[dict[str, Any]], None]) -> list[object]:
+    """Deliver the server's bytes to the client through a relay that edits them."""
+    data = frames.rewrite_text(b"".join(wire.server.data_to_send()), change)
+    return list(wire.client.receive_data(data, wire.now))
+
+
+@pytest.mark.parametrize("value", [1e308, -1, 0, 10**12])
+def test_the_challenge_interval_is_proved(value: float) -> None:
+    wire = Wire()
+
+    def change(message: dict[str, Any]) -> None:
+        for field in [k for k in message if k.startswith("tick_interval")]:
+            message[field] = value
+
+    events = tamper(wire, change)  # the challenge, edited on its way
+    events += wire.to_server()
+    events += wire.to_client()  # the welcome
+    assert not any(isinstance(e, Authenticated | SnapshotAccepted) for e in events)
+    assert wire.client.error is not None
+
+
+def test_the_session_id_is_proved_and_plain() -> None:
+    wire = Wire()
+    wire.to_client()
+    wire.to_server()
+
+    def change(message: dict[str, Any]) -> None:
+        if message.get("type") == "welcome":
+            message["session"] = "ok\n\x1b[31m"
+
+    events = tamper(wire, change)
+    assert not any(isinstance(e, Authenticated | SnapshotAccepted) for e in events)
+    assert wire.client.session_id is None

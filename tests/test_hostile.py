@@ -33,7 +33,7 @@ async def test_hostile_cases_get_documented_outcomes_and_leak_nothing(
     context = None
     if tls:  # the same cases through the server's own TLS layer
         config, context = with_tls(config, tmp_path)
-    cases = generate(random.Random(2026), 21 * 12)
+    cases = generate(random.Random(2026), 22 * 12)  # every class, 12 times
     async with running_server(config) as server:
         assert server.port
         # Settle first (the listener starts its accept tasks lazily), then count.

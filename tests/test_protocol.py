@@ -22,7 +22,7 @@ from arraycrypto.core.handshake import (
 )
 
 from .harness.constants import OTHER, SECRET, T0
-from .harness.pure import client_session, handshake
+from .harness.pure import answer, client_session, handshake
 
 
 def test_successful_handshake() -> None:
@@ -41,7 +41,12 @@ def test_wrong_client_secret_is_rejected_by_the_server() -> None:
     ring = Keyring(SECRET)
     server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
     forged = m.encode(
-        m.Handshake(hash="00" * 32, nonce="11" * 32, key_id=ring.primary.key_id.hex())
+        m.Handshake(
+            hash="00" * 32,
+            nonce="11" * 32,
+            key_id=ring.primary.key_id.hex(),
+            version=m.PROTOCOL_VERSION,
+        )
     )
     with pytest.raises(Violation) as info:
         server.receive_text(forged, ring.new_snapshot(1, bytes(16), T0))
@@ -58,11 +63,11 @@ def test_client_without_the_servers_key_fails_before_sending_anything() -> None:
 def test_client_proof_under_another_key_id_is_rejected() -> None:
     ring, other = Keyring(SECRET), Keyring(OTHER)
     server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
-    nonce = b"n" * 32
-    proof = other.primary.client_proof(b"c" * 32, nonce)
-    msg = m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=other.primary.key_id.hex())
+    challenge = m.decode(server.challenge_message())
+    assert isinstance(challenge, m.Challenge)
+    forged = msgspec.structs.replace(challenge, key_id=other.primary.key_id.hex())
     with pytest.raises(Violation) as info:
-        server.receive_text(m.encode(msg), ring.new_snapshot(1, bytes(16), T0))
+        server.receive_text(answer(forged, other.primary), ring.new_snapshot(1, bytes(16), T0))
     assert info.value.code == CloseCode.AUTHENTICATION_FAILED
 
 
@@ -195,11 +200,32 @@ def test_client_rejects_snapshot_before_welcome() -> None:
         push(client, ring, 1, T0, T0)
 
 
-def test_client_rejects_unknown_protocol_version() -> None:
+def test_client_refuses_other_protocol_versions() -> None:
     ring = Keyring(SECRET)
-    msg = m.Challenge(challenge="00" * 32, key_id=ring.primary.key_id.hex(), version=2)
-    with pytest.raises(ProtocolError, match="version 2"):
-        client_session(ring).receive_text(m.encode(msg), T0)
+    key_id = ring.primary.key_id.hex()
+    for version in (1, 3):
+        msg = m.Challenge(
+            challenge="00" * 32, key_id=key_id, version=version, tick_interval_ms=1000
+        )
+        with pytest.raises(ProtocolError, match=f"version {version}, not 2"):
+            client_session(ring).receive_text(m.encode(msg), T0)
+    # What a version 1 server sends: its tick_interval in seconds, no proof over it.
+    v1 = b'{"type":"challenge","challenge":"' + b"0" * 64 + b'","key_id":"' + key_id.encode()
+    v1 += b'","version":1,"tick_interval":1.0}'
+    with pytest.raises(ProtocolError, match="version 1, not 2"):
+        client_session(ring).receive_text(v1, T0)
+
+
+def test_server_refuses_a_version_1_handshake_with_4004() -> None:
+    ring = Keyring(SECRET)
+    server = ServerSession(ring.primary, b"c" * 32, "s", 1.0)
+    challenge = m.decode(server.challenge_message())
+    assert isinstance(challenge, m.Challenge)
+    v1 = json.loads(answer(challenge, ring.primary))
+    del v1["version"]  # a version 1 client sends none
+    with pytest.raises(Violation) as info:
+        server.receive_text(json.dumps(v1).encode(), ring.new_snapshot(1, bytes(16), T0))
+    assert info.value.code == CloseCode.UNSUPPORTED_VERSION
 
 
 def test_unknown_fields_are_ignored_for_evolution() -> None:

@@ -74,7 +74,9 @@ async def test_no_secret_in_logs_reprs_exceptions_or_frames(
         raw = await RawClient.connect(server.port)
         challenge = await raw.recv_message()
         assert isinstance(challenge, m.Challenge)
-        forged = m.Handshake(hash="00" * 32, nonce="11" * 32, key_id=challenge.key_id)
+        forged = m.Handshake(
+            hash="00" * 32, nonce="11" * 32, key_id=challenge.key_id, version=m.PROTOCOL_VERSION
+        )
         await raw.send_text(m.encode(forged))
         texts.append((await raw.recv_text()).decode())
         close = await raw.wait_closed()

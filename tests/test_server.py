@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 from pathlib import Path
 
 import anyio
@@ -20,6 +19,7 @@ from .harness.clock import current_ms
 from .harness.constants import HOST, OTHER, SECRET
 from .harness.http import http_get, http_request
 from .harness.peers import RawClient
+from .harness.pure import answer
 from .harness.servers import running_server, server_config, with_tls
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +55,7 @@ async def test_challenge_is_fresh_and_names_the_key() -> None:
         assert isinstance(cb, m.Challenge)
         assert ca.challenge != cb.challenge
         assert ca.key_id == Keyring(SECRET).primary.key_id.hex()
-        assert ca.tick_interval == 0.1
+        assert ca.tick_interval_ms == 100
         await a.aclose()
         await b.aclose()
 
@@ -76,7 +76,9 @@ async def test_wrong_proof_is_4001() -> None:
         client = await RawClient.connect(server.port)
         challenge = await client.recv_message()
         assert isinstance(challenge, m.Challenge)
-        forged = m.Handshake(hash="00" * 32, nonce="11" * 32, key_id=challenge.key_id)
+        forged = m.Handshake(
+            hash="00" * 32, nonce="11" * 32, key_id=challenge.key_id, version=m.PROTOCOL_VERSION
+        )
         await client.send_text(m.encode(forged))
         await expect_close(client, CloseCode.AUTHENTICATION_FAILED)
         assert server.metrics.handshakes_failed_total == {("authentication",): 1}
@@ -88,11 +90,7 @@ async def test_proof_with_another_secret_is_4001() -> None:
         client = await RawClient.connect(server.port)
         challenge = await client.recv_message()
         assert isinstance(challenge, m.Challenge)
-        other = Keyring(OTHER).primary
-        nonce = os.urandom(32)
-        proof = other.client_proof(bytes.fromhex(challenge.challenge), nonce)
-        msg = m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=challenge.key_id)
-        await client.send_text(m.encode(msg))
+        await client.send_text(answer(challenge, Keyring(OTHER).primary))
         await expect_close(client, CloseCode.AUTHENTICATION_FAILED)
 
 
@@ -102,12 +100,7 @@ async def test_replayed_proof_from_an_earlier_connection_is_4001() -> None:
         first = await RawClient.connect(server.port)
         challenge = await first.recv_message()
         assert isinstance(challenge, m.Challenge)
-        key = Keyring(SECRET).primary
-        nonce = os.urandom(32)
-        proof = key.client_proof(bytes.fromhex(challenge.challenge), nonce)
-        recorded = m.encode(
-            m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=challenge.key_id)
-        )
+        recorded = answer(challenge, Keyring(SECRET).primary)
         await first.send_text(recorded)
         assert isinstance(await first.recv_message(), m.Welcome)
         second = await RawClient.connect(server.port)

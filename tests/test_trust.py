@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from arraycrypto import AuthenticationError, CryptoClient, Keyring, Snapshot, SnapshotError
 from arraycrypto.server import Server
 
+from .harness import frames
 from .harness.clock import wait_for
 from .harness.constants import HOST, OTHER, SECRET
 from .harness.proxy import FaultProxy
@@ -183,3 +184,37 @@ def dead_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def set_interval(value: float) -> Callable[[dict[str, Any]], None]:
+    def change(message: dict[str, Any]) -> None:
+        if message.get("type") == "challenge":
+            for field in [k for k in message if k.startswith("tick_interval")]:
+                message[field] = value
+
+    return change
+
+
+def inject_session(message: dict[str, Any]) -> None:
+    if message.get("type") == "welcome":
+        message["session"] = "ok\nERROR forged log line \x1b[31m"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [set_interval(1e308), set_interval(-1), inject_session],
+    ids=["interval-huge", "interval-negative", "session-injection"],
+)
+async def test_a_relay_cannot_change_handshake_fields(
+    change: Callable[[dict[str, Any]], None],
+) -> None:
+    # Finding 5: over ws:// a relay could rewrite fields no proof covered: an infinite
+    # tick_interval (no dead-server detection), a negative one, a session id with
+    # newlines and escape codes for the client's log. The whole transcript is proved now.
+    async with running_server() as server, proxy_to(server) as proxy:
+        proxy.rewrite = lambda chunk: frames.rewrite_text(chunk, change)
+        async with CryptoClient(fast(proxy.port, snapshot_timeout=1)) as client:
+            with pytest.raises((AuthenticationError, SnapshotError)):
+                await client.authenticate()
+            assert client.snapshot is None
+            assert client.session_id is None

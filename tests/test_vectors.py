@@ -181,13 +181,43 @@ def test_rotation_vector() -> None:
 def test_handshake_vectors(v: dict[str, Any]) -> None:
     secret = bytes.fromhex(v["secret"])
     challenge, nonce = bytes.fromhex(v["challenge"]), bytes.fromhex(v["nonce"])
+    session = v["session"]
     key = Keyring(secret).primary
-    assert key.client_proof(challenge, nonce).hex() == v["client_proof"]
-    assert key.server_proof(challenge, nonce).hex() == v["server_proof"]
+    # From the spec alone: the transcript is every field of the challenge, then the nonce.
+    key_id = ref_hkdf(secret, None, b"arraycrypto/v1 key-id", 8)
+    transcript = (
+        b"arraycrypto/v2 handshake"
+        + bytes([2])
+        + key_id
+        + v["tick_interval_ms"].to_bytes(4, "big")
+        + challenge
+        + nonce
+    )
+    assert transcript.hex() == v["transcript"]
     cp_key = ref_hkdf(secret, None, b"arraycrypto/v1 client-proof")
     sp_key = ref_hkdf(secret, None, b"arraycrypto/v1 server-proof")
-    assert hmac.digest(cp_key, challenge + nonce, "sha256").hex() == v["client_proof"]
-    assert hmac.digest(sp_key, challenge + nonce, "sha256").hex() == v["server_proof"]
+    assert hmac.digest(cp_key, transcript, "sha256").hex() == v["client_proof"]
+    signed_session = transcript + bytes([len(session)]) + session.encode("ascii")
+    assert hmac.digest(sp_key, signed_session, "sha256").hex() == v["server_proof"]
+    assert key.client_proof(transcript).hex() == v["client_proof"]
+    assert key.server_proof(transcript, session).hex() == v["server_proof"]
+    # Frames are compared after parsing: field order and spacing are free.
+    challenge_frame = json.loads(v["challenge_frame"])
+    assert challenge_frame == {
+        "type": "challenge",
+        "challenge": v["challenge"],
+        "key_id": key_id.hex(),
+        "version": 2,
+        "tick_interval_ms": v["tick_interval_ms"],
+    }
+    handshake_frame = json.loads(v["handshake_frame"])
+    assert handshake_frame == {
+        "type": "handshake",
+        "hash": v["client_proof"],
+        "nonce": v["nonce"],
+        "key_id": key_id.hex(),
+        "version": 2,
+    }
     assert isinstance(m.decode(v["challenge_frame"]), m.Challenge)
     assert isinstance(m.decode(v["handshake_frame"]), m.Handshake)
 

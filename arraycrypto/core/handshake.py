@@ -34,7 +34,7 @@ from . import messages as m
 from .envelope import SnapshotCipher
 from .exceptions import AuthenticationError, ProtocolError
 from .keyring import Keyring
-from .keys import CHALLENGE_SIZE, Key, Snapshot
+from .keys import CHALLENGE_SIZE, Key, Snapshot, handshake_transcript
 
 __all__ = [
     "Accepted",
@@ -60,6 +60,7 @@ class CloseCode(enum.IntEnum):
     AUTHENTICATION_FAILED = 4001
     HANDSHAKE_TIMEOUT = 4002
     UNEXPECTED_MESSAGE = 4003  # malformed, unknown, or not allowed in this state
+    UNSUPPORTED_VERSION = 4004  # a handshake of another protocol version
 
 
 #: The reason sent with each close code: generic, never any detail about secrets.
@@ -70,6 +71,7 @@ REASONS: Final[dict[int, str]] = {
     CloseCode.AUTHENTICATION_FAILED: "authentication failed",
     CloseCode.HANDSHAKE_TIMEOUT: "handshake timeout",
     CloseCode.UNEXPECTED_MESSAGE: "unexpected message",
+    CloseCode.UNSUPPORTED_VERSION: "unsupported protocol version",
 }
 
 
@@ -91,7 +93,10 @@ class ServerState(enum.IntEnum):
 
 
 class ServerSession:
-    """Server side of one connection: issues the challenge, checks the proof."""
+    """Server side of one connection: issues the challenge, checks the proof.
+
+    ``tick_interval`` is in seconds (the config's unit); the wire carries milliseconds.
+    """
 
     def __init__(self, key: Key, challenge: bytes, session_id: str, tick_interval: float) -> None:
         if len(challenge) != CHALLENGE_SIZE:
@@ -100,7 +105,7 @@ class ServerSession:
         self.session_id = session_id
         self._key = key
         self._challenge = challenge
-        self._tick_interval = tick_interval
+        self._interval_ms = round(tick_interval * 1000)
 
     def challenge_message(self) -> bytes:
         """Return the first frame's payload."""
@@ -108,7 +113,7 @@ class ServerSession:
             m.Challenge(
                 challenge=self._challenge.hex(),
                 key_id=self._key.key_id.hex(),
-                tick_interval=self._tick_interval,
+                tick_interval_ms=self._interval_ms,
             )
         )
 
@@ -124,17 +129,23 @@ class ServerSession:
         if not isinstance(message, m.Handshake):
             self.state = ServerState.CLOSED
             raise Violation(CloseCode.UNEXPECTED_MESSAGE)
-        nonce = bytes.fromhex(message.nonce)
+        if message.version != m.PROTOCOL_VERSION:
+            self.state = ServerState.CLOSED
+            raise Violation(CloseCode.UNSUPPORTED_VERSION)
+        key = self._key
+        transcript = handshake_transcript(
+            key.key_id, self._interval_ms, self._challenge, bytes.fromhex(message.nonce)
+        )
         # Compare the proof first (constant time), the key id after, so both failures
         # cost the same and look the same.
-        proof_ok = self._key.check_client_proof(self._challenge, nonce, bytes.fromhex(message.hash))
-        if not proof_ok or message.key_id != self._key.key_id.hex():
+        proof_ok = key.check_client_proof(transcript, bytes.fromhex(message.hash))
+        if not proof_ok or message.key_id != key.key_id.hex():
             self.state = ServerState.CLOSED
             raise Violation(CloseCode.AUTHENTICATION_FAILED)
         self.state = ServerState.SUBSCRIBED
         return m.encode(
             m.Welcome(
-                proof=self._key.server_proof(self._challenge, nonce).hex(),
+                proof=key.server_proof(transcript, self.session_id).hex(),
                 session=self.session_id,
                 snapshot=m.SnapshotMessage.from_snapshot(snapshot),
             )
@@ -278,7 +289,7 @@ class ClientSession:
         self.tick_interval: float | None = None
         self.policy = policy
         self._nonce = nonce
-        self._challenge = b""
+        self._transcript = b""
         self._key: Key | None = None
 
     def receive_text(self, payload: bytes, now_ms: int) -> bytes | Accepted | Rejected:
@@ -304,10 +315,13 @@ class ClientSession:
             case (ClientState.AWAIT_WELCOME, m.Welcome() as w):
                 assert self._key is not None
                 if not self._key.check_server_proof(
-                    self._challenge, self._nonce, bytes.fromhex(w.proof)
+                    self._transcript, w.session, bytes.fromhex(w.proof)
                 ):
                     self.state = ClientState.CLOSED
-                    raise AuthenticationError("server failed to prove it holds the secret")
+                    raise AuthenticationError(
+                        "server failed to prove it holds the secret (or the handshake"
+                        " was altered on its way)"
+                    )
                 self.state = ClientState.SUBSCRIBED
                 self.session_id = w.session
                 return self.policy.check(w.snapshot.to_snapshot(), now_ms)
@@ -319,20 +333,30 @@ class ClientSession:
     def _answer(self, c: m.Challenge) -> bytes:
         if c.version != m.PROTOCOL_VERSION:
             self.state = ClientState.CLOSED
-            raise ProtocolError(f"server speaks protocol version {c.version}, not 1")
+            raise ProtocolError(
+                f"server speaks protocol version {c.version}, not {m.PROTOCOL_VERSION}"
+            )
+        if not c.tick_interval_ms:  # range-checked by the decoder when present
+            self.state = ClientState.CLOSED
+            raise ProtocolError("server sent no tick_interval_ms")
         try:
             key = self.policy.signer(bytes.fromhex(c.key_id))
         except (AuthenticationError, ProtocolError):
             self.state = ClientState.CLOSED
             raise
         self._key = key
-        self._challenge = bytes.fromhex(c.challenge)
-        self.tick_interval = c.tick_interval
+        # Every field of the challenge goes into the transcript both proofs cover: the
+        # tick interval is trusted only once the welcome's proof checked it.
+        self._transcript = handshake_transcript(
+            key.key_id, c.tick_interval_ms, bytes.fromhex(c.challenge), self._nonce
+        )
+        self.tick_interval = c.tick_interval_ms / 1000
         self.state = ClientState.AWAIT_WELCOME
         return m.encode(
             m.Handshake(
-                hash=key.client_proof(self._challenge, self._nonce).hex(),
+                hash=key.client_proof(self._transcript).hex(),
                 nonce=self._nonce.hex(),
                 key_id=c.key_id,
+                version=m.PROTOCOL_VERSION,
             )
         )

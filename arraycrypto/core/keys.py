@@ -27,12 +27,14 @@ __all__ = [
     "MIN_SIGNATURE_SIZE",
     "NONCE_SIZE",
     "PROOF_SIZE",
+    "PROTOCOL_VERSION",
     "SEED_SIZE",
     "SNAPSHOT_BODY_SIZE",
     "TAG_SIZE",
     "Key",
     "Snapshot",
     "generate_secret",
+    "handshake_transcript",
     "unpack_snapshot_body",
 ]
 
@@ -54,6 +56,14 @@ LABEL_SNAPSHOT_MAC: Final = b"arraycrypto/v1 snapshot-mac"
 LABEL_CLIENT_PROOF: Final = b"arraycrypto/v1 client-proof"
 LABEL_SERVER_PROOF: Final = b"arraycrypto/v1 server-proof"
 LABEL_DATA_KEY: Final = b"arraycrypto/v1 data-key"
+
+#: The version of the WebSocket session (PROTOCOL.md, section 5); 2 proves every field.
+PROTOCOL_VERSION: Final = 2
+#: Domain separation of the handshake transcript (not an HKDF label: no key is derived).
+LABEL_HANDSHAKE: Final = b"arraycrypto/v2 handshake"
+MIN_TICK_INTERVAL_MS: Final = 10
+MAX_TICK_INTERVAL_MS: Final = 3_600_000
+_TRANSCRIPT = struct.Struct(f">{len(LABEL_HANDSHAKE)}sB{KEY_ID_SIZE}sI{CHALLENGE_SIZE}s32s")
 
 # version | key_id | tick | timestamp_ms | seed  -- the bytes a snapshot signature covers,
 # and also the first bytes of every envelope.
@@ -158,21 +168,39 @@ class Key:
 
     # -- handshake proofs ----------------------------------------------------------------
 
-    def client_proof(self, challenge: bytes, nonce: bytes) -> bytes:
-        """Return the client's proof of the secret for this challenge and client nonce."""
-        return hmac.digest(self._client_proof, challenge + nonce, "sha256")
+    def client_proof(self, transcript: bytes) -> bytes:
+        """Return the client's proof over a :func:`handshake_transcript`."""
+        return hmac.digest(self._client_proof, transcript, "sha256")
 
-    def server_proof(self, challenge: bytes, nonce: bytes) -> bytes:
-        """Return the server's proof of the secret for this challenge and client nonce."""
-        return hmac.digest(self._server_proof, challenge + nonce, "sha256")
+    def server_proof(self, transcript: bytes, session: str) -> bytes:
+        """Return the server's proof over the transcript and the session id it names."""
+        data = transcript + bytes([len(session)]) + session.encode("ascii")
+        return hmac.digest(self._server_proof, data, "sha256")
 
-    def check_client_proof(self, challenge: bytes, nonce: bytes, proof: bytes) -> bool:
-        """Return whether ``proof`` is the client proof for this exchange (constant time)."""
-        return hmac.compare_digest(self.client_proof(challenge, nonce), proof)
+    def check_client_proof(self, transcript: bytes, proof: bytes) -> bool:
+        """Return whether ``proof`` is the client proof for this transcript (constant time)."""
+        return hmac.compare_digest(self.client_proof(transcript), proof)
 
-    def check_server_proof(self, challenge: bytes, nonce: bytes, proof: bytes) -> bool:
+    def check_server_proof(self, transcript: bytes, session: str, proof: bytes) -> bool:
         """Return whether ``proof`` is the server proof for this exchange (constant time)."""
-        return hmac.compare_digest(self.server_proof(challenge, nonce), proof)
+        return hmac.compare_digest(self.server_proof(transcript, session), proof)
+
+
+def handshake_transcript(
+    key_id: bytes, tick_interval_ms: int, challenge: bytes, nonce: bytes
+) -> bytes:
+    """The bytes both handshake proofs cover (PROTOCOL.md, section 5): every field.
+
+    A relay that changes any field of the challenge (or a client's nonce) makes the
+    proofs fail, so nothing in the handshake is unauthenticated.
+    """
+    if not MIN_TICK_INTERVAL_MS <= tick_interval_ms <= MAX_TICK_INTERVAL_MS:
+        raise ValueError("tick_interval_ms out of range")
+    if len(key_id) != KEY_ID_SIZE or len(challenge) != CHALLENGE_SIZE or len(nonce) != 32:
+        raise ValueError("key_id, challenge or nonce has the wrong length")
+    return _TRANSCRIPT.pack(
+        LABEL_HANDSHAKE, PROTOCOL_VERSION, key_id, tick_interval_ms, challenge, nonce
+    )
 
 
 def unpack_snapshot_body(body: bytes) -> tuple[int, bytes, int, int, bytes]:

@@ -15,13 +15,17 @@ from .keys import (
     CHALLENGE_SIZE,
     KEY_ID_SIZE,
     MAX_SIGNATURE_SIZE,
+    MAX_TICK_INTERVAL_MS,
     MIN_SIGNATURE_SIZE,
+    MIN_TICK_INTERVAL_MS,
     PROOF_SIZE,
+    PROTOCOL_VERSION,
     SEED_SIZE,
     Snapshot,
 )
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "Challenge",
     "ErrorMessage",
     "Handshake",
@@ -32,8 +36,6 @@ __all__ = [
     "decoder",
     "encode",
 ]
-
-PROTOCOL_VERSION: Final = 1
 
 
 def _hex(n: int) -> msgspec.Meta:
@@ -50,6 +52,9 @@ SignatureHex = Annotated[
 ]
 # JSON integers stay within 2**53 - 1 so every JSON library reads them exactly.
 U53 = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+IntervalMs = Annotated[int, msgspec.Meta(ge=MIN_TICK_INTERVAL_MS, le=MAX_TICK_INTERVAL_MS)]
+#: Session ids go to logs: a plain alphabet, no newline or escape code can hide in one.
+SessionId = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]{1,64}$")]
 
 
 class _Base(msgspec.Struct, tag_field="type", frozen=True):
@@ -57,20 +62,29 @@ class _Base(msgspec.Struct, tag_field="type", frozen=True):
 
 
 class Challenge(_Base, tag="challenge", frozen=True):
-    """Server → client, first frame: prove you hold the secret named by ``key_id``."""
+    """Server → client, first frame: prove you hold the secret named by ``key_id``.
+
+    ``tick_interval_ms`` has a default only so that a version 1 challenge (which has
+    ``tick_interval`` in seconds instead) decodes far enough to be refused by version.
+    """
 
     challenge: ChallengeHex
     key_id: KeyIdHex
     version: int = PROTOCOL_VERSION
-    tick_interval: float = 1.0
+    tick_interval_ms: IntervalMs = 0
 
 
 class Handshake(_Base, tag="handshake", frozen=True):
-    """Client → server, the only frame a client sends: its proof (the seed's ``hash``)."""
+    """Client → server, the only frame a client sends: its proof (the seed's ``hash``).
+
+    ``key_id`` repeats the challenge's: the secret the proof is made with. A version 1
+    handshake has no ``version`` field: it decodes as 1 and is refused (4004).
+    """
 
     hash: ProofHex
     nonce: ChallengeHex
     key_id: KeyIdHex
+    version: int = 1
 
 
 class SnapshotMessage(_Base, tag="snapshot", frozen=True):
@@ -102,7 +116,7 @@ class Welcome(_Base, tag="welcome", frozen=True):
     """Server → client after a valid handshake: the server's proof and the snapshot."""
 
     proof: ProofHex
-    session: str
+    session: SessionId
     snapshot: SnapshotMessage
 
 

@@ -102,6 +102,7 @@ Event = Subscribed | HandshakeFailed
 _FAILURE_REASONS: Final = {
     CloseCode.AUTHENTICATION_FAILED: "authentication",
     CloseCode.HANDSHAKE_TIMEOUT: "timeout",
+    CloseCode.UNSUPPORTED_VERSION: "version",
 }
 
 

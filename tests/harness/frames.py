@@ -7,10 +7,13 @@ caller every field) and to read server frames without a WebSocket library
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["CLOSE", "PING", "PONG", "TEXT", "close_code", "encode", "parse"]
+__all__ = ["CLOSE", "PING", "PONG", "TEXT", "close_code", "encode", "parse", "rewrite_text"]
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -61,3 +64,31 @@ def parse(buffer: bytes) -> tuple[int, bytes, bytes] | None:
 def close_code(payload: bytes) -> int | None:
     """The code of a Close frame's payload (None when it carries none)."""
     return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+def rewrite_text(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
+    """Apply ``change`` to every JSON text frame from the server in ``data``.
+
+    ``data`` may start with an HTTP head (the 101 response); frames it cannot parse
+    whole are passed through untouched. Used to play a relaying attacker.
+    """
+    head = b""
+    if data.startswith(b"HTTP/"):
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return data
+        head, data = data[: end + 4], data[end + 4 :]
+    out = b""
+    while (parsed := parse(data)) is not None:
+        opcode, payload, data = parsed
+        if opcode == TEXT:
+            message = json.loads(payload)
+            change(message)
+            payload = json.dumps(message).encode()
+        out += _server_frame(opcode, payload)
+    return head + out + data
+
+
+def _server_frame(opcode: int, payload: bytes) -> bytes:
+    # Server frames are unmasked.
+    return encode(opcode, payload, mask=False)

@@ -25,6 +25,7 @@ from arraycrypto.core import messages as m
 
 from . import frames
 from .constants import HOST, SECRET
+from .pure import answer
 
 UPGRADE = (
     "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -86,6 +87,7 @@ def generate(
         _wrong_types,
         _unknown_tag,
         _wrong_proof,
+        _old_version,
         _replayed_proof,
         _post_handshake_frame,
         _binary_frame,
@@ -233,8 +235,34 @@ def _unknown_tag(rng: random.Random, _fs: int, _hm: int) -> Case:
 
 def _wrong_proof(rng: random.Random, _fs: int, _hm: int) -> Case:
     key_id = Keyring(SECRET).primary.key_id.hex()
-    msg = m.Handshake(hash=_bytes(rng, 32).hex(), nonce=_bytes(rng, 32).hex(), key_id=key_id)
+    msg = m.Handshake(
+        hash=_bytes(rng, 32).hex(),
+        nonce=_bytes(rng, 32).hex(),
+        key_id=key_id,
+        version=m.PROTOCOL_VERSION,
+    )
     return Case("wrong proof", frame(1, m.encode(msg)), AUTH, upgrade=True)
+
+
+def _old_version(rng: random.Random, _fs: int, _hm: int) -> Case:
+    key_id = Keyring(SECRET).primary.key_id.hex()
+    # A version 1 handshake has no version field at all; others name one we do not speak.
+    version = rng.choice([None, 1, 3, 2**31])
+    msg = m.Handshake(
+        hash=_bytes(rng, 32).hex(),
+        nonce=_bytes(rng, 32).hex(),
+        key_id=key_id,
+        version=1 if version is None else version,
+    )
+    data = m.encode(msg)
+    if version is None:
+        data = data.replace(b',"version":1', b"")
+    return Case(
+        "handshake of another protocol version",
+        frame(1, data),
+        frozenset({"close:4004"}),
+        upgrade=True,
+    )
 
 
 def _replayed_proof(rng: random.Random, _fs: int, _hm: int) -> Case:
@@ -317,10 +345,7 @@ async def upgrade(stream: anyio.abc.ByteStream, reader: Reader) -> m.Challenge:
 
 def proof(challenge: m.Challenge) -> bytes:
     """A valid handshake message answering ``challenge`` with the test secret."""
-    nonce = os.urandom(32)
-    key = Keyring(SECRET).primary
-    proof = key.client_proof(bytes.fromhex(challenge.challenge), nonce)
-    return m.encode(m.Handshake(hash=proof.hex(), nonce=nonce.hex(), key_id=challenge.key_id))
+    return answer(challenge, Keyring(SECRET).primary)
 
 
 async def connect(port: int, ssl_context: ssl.SSLContext | None = None) -> anyio.abc.ByteStream:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -22,6 +23,9 @@ class FaultProxy:
         self.target_port = target_port
         self.mode = "forward"
         self.delay = 0.0
+        #: Applied to each chunk going from the server to the client (a relaying
+        #: attacker); chunk boundaries are the server's writes.
+        self.rewrite: Callable[[bytes], bytes] | None = None
         self.port = 0
         self.accepted = 0
         self._streams: set[anyio.abc.ByteStream] = set()
@@ -53,7 +57,7 @@ class FaultProxy:
             self._streams.add(upstream)
             async with upstream, anyio.create_task_group() as tg:
                 tg.start_soon(self._pump, client, upstream, tg.cancel_scope)
-                await self._pump(upstream, client, tg.cancel_scope)
+                await self._pump(upstream, client, tg.cancel_scope, rewrite=True)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         finally:
@@ -68,11 +72,18 @@ class FaultProxy:
             pass
 
     async def _pump(
-        self, src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream, scope: anyio.CancelScope
+        self,
+        src: anyio.abc.ByteStream,
+        dst: anyio.abc.ByteStream,
+        scope: anyio.CancelScope,
+        *,
+        rewrite: bool = False,
     ) -> None:
         try:
             while True:
                 chunk = await src.receive()
+                if rewrite and self.rewrite is not None:
+                    chunk = self.rewrite(chunk)
                 if self.delay:
                     await anyio.sleep(self.delay)
                 if self.mode == "forward":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from arraycrypto import Keyring, Snapshot
+import os
+
+from arraycrypto import Key, Keyring, Snapshot
+from arraycrypto.core import messages as m
 from arraycrypto.core.handshake import (
     Accepted,
     ClientSession,
@@ -10,15 +13,35 @@ from arraycrypto.core.handshake import (
     ServerSession,
     SnapshotPolicy,
 )
+from arraycrypto.core.keys import handshake_transcript
 
 from .constants import SECRET, T0
 
-__all__ = ["Wire", "client_session", "handshake"]
+__all__ = ["Wire", "answer", "client_session", "handshake"]
 
 
 def client_session(keyring: Keyring, nonce: bytes = b"n" * 32, **policy: float) -> ClientSession:
     """A client session whose policy trusts ``keyring`` (``max_drift=...`` and so on)."""
     return ClientSession(SnapshotPolicy(keyring, **policy), nonce)  # type: ignore[arg-type]
+
+
+def answer(challenge: m.Challenge, key: Key, nonce: bytes | None = None) -> bytes:
+    """The handshake message answering ``challenge`` with ``key`` (right or wrong)."""
+    nonce = os.urandom(32) if nonce is None else nonce
+    transcript = handshake_transcript(
+        bytes.fromhex(challenge.key_id),
+        challenge.tick_interval_ms,
+        bytes.fromhex(challenge.challenge),
+        nonce,
+    )
+    return m.encode(
+        m.Handshake(
+            hash=key.client_proof(transcript).hex(),
+            nonce=nonce.hex(),
+            key_id=challenge.key_id,
+            version=m.PROTOCOL_VERSION,
+        )
+    )
 
 
 def handshake(
