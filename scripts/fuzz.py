@@ -10,8 +10,8 @@ malformed headers, bad opcodes, reserved bits, unmasked frames, oversize lengths
 malformed control frames, fragments never finished, malformed JSON, wrong types,
 unknown tags, wrong and replayed proofs, other protocol versions, binary frames, silent
 connections) each get a fresh connection; the outcome (HTTP status or close code) must be
-one the protocol documents. Meanwhile a witness client must receive every tick. Before and after, the
-server's open file descriptors and event-loop tasks are counted.
+one the protocol documents. Meanwhile a witness client must receive every tick. Before
+and after, the server's open file descriptors and event-loop tasks are counted.
 
 With ``--tls`` the server has a certificate from a throwaway trustme CA and every case
 (and the witness) runs over TLS, through the server's own TLS layer.
