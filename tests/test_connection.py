@@ -232,7 +232,7 @@ def test_upgrade_refused_without_a_key() -> None:
         max_frame_size=4096,
         current=lambda: wire.snapshot,
         now=0.0,
-        handshake_timeout=5.0,
+        deadline=5.0,
     )
     assert refused is None
 

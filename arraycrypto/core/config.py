@@ -85,6 +85,9 @@ class ServerConfig(_Config, kw_only=True):
     #: WebSocket path; any other path is plain HTTP.
     path: str = "/ws"
     max_connections: int = 20_000
+    #: Connections not yet authenticated (TLS, the request head, the handshake) held at
+    #: once; a newcomer evicts the oldest beyond it. None: a quarter of max_connections.
+    max_pending: int | None = None
     max_frame_size: int = 4096
     handshake_timeout: float = 5.0
     http_max_request_size: int = 8192
@@ -110,10 +113,19 @@ class ServerConfig(_Config, kw_only=True):
         _check_range("write_timeout", self.write_timeout, 0.01, 300)
         _check_range("ping_interval", self.ping_interval, 0.01, 3600)
         _check_range("ping_timeout", self.ping_timeout, 0.01, 3600)
+        if self.max_pending is not None:
+            _check_range("max_pending", self.max_pending, 1, self.max_connections)
         if not self.path.startswith("/"):
             raise ConfigError("`path` must start with '/'")
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ConfigError("`tls_certfile` and `tls_keyfile` must be given together")
+
+    @property
+    def pending_limit(self) -> int:
+        """``max_pending``, or its default: a quarter of ``max_connections`` (at least 1)."""
+        if self.max_pending is not None:
+            return self.max_pending
+        return max(1, self.max_connections // 4)
 
 
 class CryptoConfig(_Config, kw_only=True):

@@ -164,12 +164,14 @@ class ServerConnection:
         max_frame_size: int,
         current: SnapshotSource,
         now: float,
-        handshake_timeout: float,
+        deadline: float,
     ) -> ServerConnection | None:
         """Accept a WebSocket upgrade request; None if websockets refuses it (answer 400).
 
         The 101 response and the challenge are queued: send :meth:`data_to_send`.
-        ``current`` returns the server's current snapshot, which the welcome carries.
+        ``current`` returns the server's current snapshot, which the welcome carries;
+        ``deadline`` is when the handshake must be done (the pre-authentication phase's
+        one deadline, from accept).
         """
         # websockets checks the upgrade request and computes the response. No extension
         # is offered: compression would double the fan-out's CPU and make frame bytes
@@ -186,7 +188,7 @@ class ServerConnection:
         session = ServerSession(key, challenge, session_id, tick_interval)
         protocol.writes.append(response.serialize())
         protocol.send_text(session.challenge_message())
-        return cls(protocol, session, current, now + handshake_timeout)
+        return cls(protocol, session, current, deadline)
 
     # -- what the driver asks ------------------------------------------------------------
 

@@ -35,8 +35,11 @@ class RateLimitedLog:
         self._clock = clock
         self._seen: dict[str, list[float]] = {}  # key -> [last written, held back]
 
-    def log(self, level: int, key: str, msg: str, *args: Any) -> bool:
-        """Write ``msg % args`` unless ``key`` was written within the period; say if written."""
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        """Write ``msg % args`` unless ``key`` was written within the period; say if written.
+
+        ``exc_info``: with the traceback of the exception being handled.
+        """
         now = self._clock()
         entry = self._seen.get(key)
         if entry is not None:
@@ -46,7 +49,7 @@ class RateLimitedLog:
             if entry[1]:
                 msg += " (%d more like it in the last %.0f s)"
                 args = (*args, int(entry[1]), now - entry[0])
-        self._logger.log(level, msg, *args)
+        self._logger.log(level, msg, *args, exc_info=exc_info)
         self._seen.pop(key, None)
         if len(self._seen) >= _MAX_KEYS:
             del self._seen[next(iter(self._seen))]

@@ -32,6 +32,7 @@ from ..core.keyring import Keyring
 from ..core.keys import SEED_SIZE, Snapshot
 from ..core.server_connection import PingVerdict, ServerConnection
 from ..core.ticks import TickSchedule
+from ..net.logs import RateLimitedLog
 from ..net.sockets import STREAM_ERRORS, DirectStream
 from .metrics import Metrics
 
@@ -117,6 +118,7 @@ class Fanout:
         self.subscribers: set[Subscriber] = set()
         #: Writer tasks started (the slow path); an idle client never needs one.
         self.writers_started = 0
+        self._errors = RateLimitedLog(logger)
         self._tg: anyio.abc.TaskGroup | None = None
         metrics.gauges["subscribed_clients"] = lambda: len(self.subscribers)
 
@@ -147,21 +149,25 @@ class Fanout:
         now = time.monotonic()
         write_timeout = self._config.write_timeout
         for sub in list(self.subscribers):
-            data = sub.conn.push(frame)
-            if data is None:
-                continue  # closing: its reader removes it
-            if sub.writing:
-                # Its writer is still busy: replace any unsent older frame, never queue.
-                sub.pending = data
-                if sub.write_started is not None and now - sub.write_started > write_timeout:
-                    self._drop(sub, "slow", "writes blocked")
-                continue
-            stream = sub.stream
-            if not stream.write_now(data):
-                sub.pending = data  # full, or another send is in progress: a writer sends it
-                self._start_writer(sub)
-            elif stream.backlogged:
-                self._start_writer(sub)  # partly written: the writer sends the rest
+            # No exception of one client's may reach the ticker (and stop everyone's).
+            try:
+                data = sub.conn.push(frame)
+                if data is None:
+                    continue  # closing: its reader removes it
+                if sub.writing:
+                    # Its writer is still busy: replace any unsent older frame, never queue.
+                    sub.pending = data
+                    if sub.write_started is not None and now - sub.write_started > write_timeout:
+                        self._drop(sub, "slow", "writes blocked")
+                    continue
+                stream = sub.stream
+                if not stream.write_now(data):
+                    sub.pending = data  # full, or a send is in progress: a writer sends it
+                    self._start_writer(sub)
+                elif stream.backlogged:
+                    self._start_writer(sub)  # partly written: the writer sends the rest
+            except Exception:
+                self._failed(sub, "fan-out")
         self._metrics.pushes_total += len(self.subscribers)
         elapsed = time.perf_counter() - started
         self._metrics.push_duration_seconds_last = elapsed
@@ -175,21 +181,34 @@ class Fanout:
             await anyio.sleep(min(interval, timeout))
             now = time.monotonic()
             for sub in list(self.subscribers):
-                verdict = sub.conn.ping_verdict(now, interval, timeout)
-                if verdict is PingVerdict.DEAD:
-                    self._drop(sub, "ping", "no pong")
-                elif verdict is PingVerdict.SEND:
-                    if sub.writing:
-                        sub.ping_due = True  # its writer sends it, when the state allows
-                        continue
-                    ping = sub.conn.ping(now)
-                    if ping is None:
-                        continue
-                    if not sub.stream.write_now(ping):
-                        sub.ping_due = True
-                        self._start_writer(sub)
-                    elif sub.stream.backlogged:
-                        self._start_writer(sub)
+                try:
+                    self._ping(sub, now, interval, timeout)
+                except Exception:
+                    self._failed(sub, "pinger")
+
+    def _ping(self, sub: Subscriber, now: float, interval: float, timeout: float) -> None:
+        verdict = sub.conn.ping_verdict(now, interval, timeout)
+        if verdict is PingVerdict.DEAD:
+            self._drop(sub, "ping", "no pong")
+        elif verdict is PingVerdict.SEND:
+            if sub.writing:
+                sub.ping_due = True  # its writer sends it, when the state allows
+                return
+            ping = sub.conn.ping(now)
+            if ping is None:
+                return
+            if not sub.stream.write_now(ping):
+                sub.ping_due = True
+                self._start_writer(sub)
+            elif sub.stream.backlogged:
+                self._start_writer(sub)
+
+    def _failed(self, sub: Subscriber, where: str) -> None:
+        """A bug in one client's path: log it (rate-limited), drop that client only."""
+        self._errors.log(
+            logging.ERROR, where, "session %s: %s failed", sub.session_id, where, exc_info=True
+        )
+        self._drop(sub, "error", f"{where} failed")
 
     def _start_writer(self, sub: Subscriber) -> None:
         # Writers are rare (only for a full socket buffer) and short-lived: they run in
@@ -237,8 +256,7 @@ class Fanout:
             self._drop(sub, "slow", "write failed")
         except Exception:
             # Never let one client's failure reach the server's task group.
-            logger.exception("session %s: writer failed", sub.session_id)
-            self._drop(sub, "slow", "writer failed")
+            self._failed(sub, "writer")
         finally:
             sub.writing = False
             sub.write_started = None

@@ -16,13 +16,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
 from ..core import http
+from ..core.admission import Admission
 from ..core.config import ServerConfig
 from ..core.keys import CHALLENGE_SIZE, Key
 from ..core.server_connection import (
@@ -33,6 +34,7 @@ from ..core.server_connection import (
     Subscribed,
 )
 from ..net.driver import Driver
+from ..net.logs import RateLimitedLog
 from ..net.sockets import STREAM_ERRORS, DirectStream, SocketStream
 from ..net.tls import ServerTLSStream
 from .fanout import Fanout, Subscriber
@@ -43,10 +45,22 @@ __all__ = ["Listener"]
 
 logger = logging.getLogger("arraycrypto.server")
 
-# accept() errors that mean "out of resources for now", not "the listener is broken".
+# accept() errors that mean "out of resources for now": wait a little, then go on.
 _ACCEPT_RETRY: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept() errors that mean the listening socket itself is unusable.
+_LISTENER_BROKEN: Final = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
 _ACCEPT_BATCH: Final = 256  # connections accepted per wake-up before yielding to others
 _GOODBYE_TIMEOUT: Final = 1.0  # seconds for the 1001 closing handshake when stopping
+
+
+class _Listening(Protocol):
+    """A listening socket, as the accept loop uses it."""
+
+    def fileno(self) -> int:
+        """Its descriptor, to wait on."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        """One pending connection (non-blocking)."""
 
 
 class Listener:
@@ -69,14 +83,22 @@ class Listener:
         self._key = key
         self._current = current
         self._ssl = ssl_context
+        self.admission = Admission(config.max_connections, config.pending_limit)
+        self._pending: dict[int, SocketStream] = {}  # ticket -> stream, to evict
+        # Port scanners, floods and dying clients repeat the same lines at network speed.
+        self._warnings = RateLimitedLog(logger)
+        metrics.gauges["pending_connections"] = lambda: self.admission.pending
 
-    async def accept_loop(self, sock: socket.socket, tg: anyio.abc.TaskGroup) -> None:
+    async def accept_loop(self, sock: _Listening, tg: anyio.abc.TaskGroup) -> None:
         """Accept on a listening socket until cancelled, one task per connection.
 
         Our own loop rather than anyio's ``serve()``: it accepts every pending
         connection per wake-up (a reconnect storm arrives all at once), leaves wrapping
-        the socket to the connection's own task, and running out of file descriptors
-        (EMFILE) slows accepting down instead of taking the whole server with it.
+        the socket to the connection's own task, and no error of one connection ends
+        it: running out of descriptors (EMFILE) slows accepting down, a connection that
+        failed before we got to it (ECONNABORTED, EPROTO, a firewall's EPERM...) is
+        skipped, as trio's own accept loop does. Only a listener that is itself broken
+        (EBADF, ENOTSOCK, EINVAL) stops it. Warnings are rate-limited.
         """
         while True:
             await anyio.wait_readable(sock)
@@ -85,15 +107,23 @@ class Listener:
                     client, _addr = sock.accept()
                 except (BlockingIOError, InterruptedError):
                     break  # none pending
-                except ConnectionAbortedError:
-                    continue  # reset before we got to it
                 except OSError as exc:
-                    if exc.errno not in _ACCEPT_RETRY:
+                    if exc.errno in _LISTENER_BROKEN:
                         raise
                     self.metrics.accept_errors_total += 1
-                    logger.warning("accept failed (%s): retrying in 0.1 s", exc.strerror)
-                    await anyio.sleep(0.1)
-                    break
+                    if exc.errno in _ACCEPT_RETRY:
+                        self._warnings.log(
+                            logging.WARNING,
+                            "resources",
+                            "accept failed (%s): retrying in 0.1 s",
+                            exc.strerror,
+                        )
+                        await anyio.sleep(0.1)
+                        break
+                    self._warnings.log(
+                        logging.INFO, "connection", "accept failed (%s): skipped", exc.strerror
+                    )
+                    continue
                 # A fixed task name: deriving one from the function costs per connection.
                 tg.start_soon(self._connection, client, name="arraycrypto connection")
             else:
@@ -112,18 +142,24 @@ class Listener:
         stream: DirectStream | None = None
         conn: ServerConnection | None = None
         subscriber: Subscriber | None = None
+        ticket = 0
         try:
             # Small frames must leave at once (pushes, the welcome): no Nagle delay.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             stream = plain = SocketStream(sock)
-            if metrics.connections > self.config.max_connections:
+            # Admitted before any TLS handshake: a refused connection costs none.
+            ticket = self._admit(plain)
+            if not ticket:
                 metrics.rejected_full_total += 1
                 if self._ssl is None:
                     await self.shim.reply(plain, "-", 503, {"error": "server full"})
-                return  # TLS: refused before any handshake, by closing
+                return  # TLS: refused by closing
+            # One deadline for everything before authentication: TLS, the request head,
+            # the handshake. A slow drip holds a place for handshake_timeout at most.
+            deadline = time.monotonic() + self.config.handshake_timeout
             if self._ssl is not None:
-                stream = await self._tls(plain)
-            opened = await self._open(stream)
+                stream = await self._tls(plain, deadline)
+            opened = await self._open(stream, ticket, deadline)
             if opened is None:
                 return  # answered over plain HTTP
             conn, first = opened
@@ -133,21 +169,24 @@ class Listener:
             del first
             try:
                 while events is not None:
-                    subscriber = self._handle(events, conn, stream) or subscriber
+                    subscriber = self._handle(events, conn, stream, ticket) or subscriber
                     events = await driver.step()
             except anyio.get_cancelled_exc_class():
                 # The server is stopping: tell the client (1001), shielded and bounded.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
                     conn.going_away(time.monotonic())
                     while (closing := await driver.step()) is not None:
-                        self._handle(closing, conn, stream)
+                        self._handle(closing, conn, stream, ticket)
                 raise
         except STREAM_ERRORS:
-            pass  # the peer went away
+            pass  # the peer went away (or was evicted)
         except Exception:
             logger.exception("unexpected error on a connection")
         finally:
             metrics.connections -= 1
+            if ticket:
+                self._pending.pop(ticket, None)
+                self.admission.done(ticket)
             if subscriber is not None:
                 self.fanout.discard(subscriber)
                 logger.debug("session %s ended", subscriber.session_id)
@@ -160,23 +199,40 @@ class Listener:
                     await stream.aclose()
                 stream.close()
 
-    async def _tls(self, stream: SocketStream) -> ServerTLSStream:
+    def _admit(self, stream: SocketStream) -> int:
+        """A ticket for a new connection (evicting the oldest pending one), or 0: full."""
+        admitted = self.admission.arrive()
+        if admitted is None:
+            return 0
+        ticket, evicted = admitted
+        if evicted is not None:
+            self.metrics.pending_evicted_total += 1
+            # Closing the socket wakes that connection's task, which ends.
+            victim = self._pending.pop(evicted, None)
+            if victim is not None:
+                victim.close()
+        self._pending[ticket] = stream
+        return ticket
+
+    async def _tls(self, stream: SocketStream, deadline: float) -> ServerTLSStream:
         assert self._ssl is not None
         try:
-            with anyio.fail_after(self.config.handshake_timeout):
+            with anyio.fail_after(deadline - time.monotonic()):
                 return await ServerTLSStream.wrap(stream, self._ssl)
         except (TimeoutError, ssl.SSLError, *STREAM_ERRORS) as exc:
             # A port scanner or a plaintext client is not a server error: one line.
-            logger.info("TLS handshake failed: %s", type(exc).__name__)
+            self._warnings.log(logging.INFO, "tls", "TLS handshake failed: %s", type(exc).__name__)
             raise anyio.BrokenResourceError from None
 
-    async def _open(self, stream: DirectStream) -> tuple[ServerConnection, Sequence[Event]] | None:
+    async def _open(
+        self, stream: DirectStream, ticket: int, deadline: float
+    ) -> tuple[ServerConnection, Sequence[Event]] | None:
         """Read the request head; answer plain HTTP, or upgrade to a WebSocket connection.
 
         Returns the connection and the events of any bytes that followed the head, or
         None when the request was answered (or never came).
         """
-        got = await self.shim.read_head(stream)
+        got = await self.shim.read_head(stream, deadline - time.monotonic())
         if got == 0:
             return None  # connected and closed without a byte
         if isinstance(got, int):
@@ -193,6 +249,7 @@ class Listener:
             or request.method != "GET"
             or not request.is_websocket_upgrade()
         ):
+            self.admission.authenticated(ticket)  # a complete request: not a slow one
             await self.shim.answer(stream, request)
             return None
         now = time.monotonic()
@@ -205,7 +262,7 @@ class Listener:
             max_frame_size=self.config.max_frame_size,
             current=self._current,
             now=now,
-            handshake_timeout=self.config.handshake_timeout,
+            deadline=deadline,
         )
         if conn is None:
             await self.shim.reply(
@@ -216,12 +273,14 @@ class Listener:
         return conn, conn.receive_data(rest, now) if rest else ()
 
     def _handle(
-        self, events: Sequence[Event], conn: ServerConnection, stream: DirectStream
+        self, events: Sequence[Event], conn: ServerConnection, stream: DirectStream, ticket: int
     ) -> Subscriber | None:
         """Act on a connection's events; return its fan-out entry once it subscribed."""
         subscriber = None
         for event in events:
             if isinstance(event, Subscribed):
+                self.admission.authenticated(ticket)
+                self._pending.pop(ticket, None)
                 self.metrics.handshakes_ok_total += 1
                 subscriber = self.fanout.add(conn, stream)
                 logger.debug("session %s subscribed", event.session_id)

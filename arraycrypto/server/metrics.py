@@ -46,9 +46,15 @@ METRICS: Final = (
         "counter",
         "Clients dropped by the server.",
         ("reason",),
-        (("slow",), ("ping",)),
+        (("slow",), ("ping",), ("error",)),
     ),
     Metric("rejected_full_total", "counter", "Connections refused at max_connections."),
+    Metric(
+        "pending_evicted_total",
+        "counter",
+        "Unauthenticated connections closed to make room for newer ones.",
+    ),
+    Metric("pending_connections", "gauge", "Connections not yet authenticated."),
     Metric(
         "http_requests_total",
         "counter",
@@ -77,6 +83,7 @@ class Metrics:
         self.ticks_skipped_total = 0
         self.pushes_total = 0
         self.rejected_full_total = 0
+        self.pending_evicted_total = 0
         self.push_duration_seconds_sum = 0.0
         self.push_duration_seconds_last = 0.0
         self.accept_errors_total = 0

@@ -44,14 +44,16 @@ class Shim:
         self.metrics = metrics
         self.routes = routes
 
-    async def read_head(self, stream: Stream) -> tuple[bytes, bytes] | int:
+    async def read_head(self, stream: Stream, remaining: float) -> tuple[bytes, bytes] | int:
         """Return (head, bytes after it), or the HTTP status of the failure (400 or 408).
 
-        0 means the peer closed without sending a byte: nothing to answer.
+        The head must arrive within ``http_read_timeout`` and ``remaining`` seconds (what
+        is left of the connection's pre-authentication deadline). 0 means the peer
+        closed without sending a byte: nothing to answer.
         """
         buffer = bytearray()
         limit = self.config.http_max_request_size
-        with anyio.move_on_after(self.config.http_read_timeout):
+        with anyio.move_on_after(min(self.config.http_read_timeout, remaining)):
             while True:
                 end = http.find_head_end(buffer)
                 if end >= 0:

@@ -111,7 +111,7 @@ class Wire:
             max_frame_size=max_frame_size,
             current=lambda: self.snapshot,
             now=now,
-            handshake_timeout=handshake_timeout,
+            deadline=now + handshake_timeout,
         )
         assert server is not None
         self.server = server
