@@ -365,7 +365,7 @@ async def test_http_errors_are_json() -> None:
         assert (status, json.loads(body)) == (404, {"error": "not found"})
         status, headers, _ = await http_request(port, b"DELETE /snapshot HTTP/1.1\r\n\r\n")
         assert status == 405
-        assert headers["allow"] == "GET"
+        assert headers["allow"] == "GET, HEAD, OPTIONS"
         status, _, body = await http_get(port, "/ws")
         assert status == 426
         assert json.loads(body)["error"] == "websocket upgrade required"

@@ -28,9 +28,10 @@ def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
 
 
 def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
-    # Offline: the keyring alone decrypts; no server is contacted.
+    # Offline: the keyring alone decrypts; no server is contacted. The clock is always
+    # passed in: a ciphertext dated beyond max_drift in the future is refused, --ttl or not.
     keyring = Keyring(config.secret_key, old=config.old_secret_keys, next=config.next_secret_keys)
-    now_ms = int(time.time() * 1000) if args.ttl is not None else None
+    now_ms = int(time.time() * 1000)
     plaintext = keyring.decrypt(
         sys.stdin.buffer.read(),
         args.associated_data.encode(),

@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
-__all__ = ["RequestHead", "find_head_end", "parse_request_head", "response"]
+__all__ = ["RequestHead", "find_head_end", "head_problem", "parse_request_head", "response"]
 
 MAX_HEADERS: Final = 100
 _TOKEN: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _REASONS: Final = {
     200: "OK",
+    204: "No Content",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -46,6 +47,29 @@ class RequestHead(NamedTuple):
     def is_websocket_upgrade(self) -> bool:
         """Whether the client asks for a WebSocket upgrade."""
         return "websocket" in self.headers.get("upgrade", "").lower()
+
+
+#: The longest method we could be sent (OPTIONS and friends are shorter).
+_MAX_METHOD: Final = 16
+_TLS_HANDSHAKE_RECORD: Final = 0x16
+
+
+def head_problem(buffer: bytes | bytearray) -> str | None:
+    """Why ``buffer`` can never become a request head: "tls", "bad", or None (it still can).
+
+    Called on each read, so bytes that cannot begin a request line (a TLS ClientHello
+    on a plain port, binary garbage) are answered at once rather than after
+    ``http_read_timeout``.
+    """
+    if not buffer:
+        return None
+    if buffer[0] == _TLS_HANDSHAKE_RECORD:
+        return "tls"
+    space = buffer.find(b" ", 0, _MAX_METHOD + 1)
+    method = buffer[: space if space >= 0 else _MAX_METHOD + 1]
+    if space == 0 or not _TOKEN.match(bytes(method)) or (space < 0 and len(method) > _MAX_METHOD):
+        return "bad"
+    return None
 
 
 def find_head_end(buffer: bytes | bytearray) -> int:
@@ -93,13 +117,15 @@ def response(
     content_type: str = "application/json",
     headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
-    """Return a complete HTTP/1.1 response that closes the connection."""
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "Connection: close",
-    ]
+    """Return a complete HTTP/1.1 response that closes the connection.
+
+    A 204 carries neither a body nor Content-Type and Content-Length (RFC 9110, 8.6).
+    """
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
+    if status != 204:
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    else:
+        body = b""
+    lines += ["Cache-Control: no-store", "Connection: close"]
     lines.extend(f"{k}: {v}" for k, v in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -74,6 +74,17 @@ _ws_logger = logging.getLogger("arraycrypto.server.websocket")
 _ACCEPTOR: Final = ServerProtocol(logger=_ws_logger)
 
 
+class _Framing(Protocol):
+    """websockets' framing layer, closing with our documented reasons (PROTOCOL.md, 5).
+
+    websockets words its own closes ("frame with 5000 bytes exceeds limit of 4096
+    bytes"); the spec promises a fixed reason per code, where we have one.
+    """
+
+    def fail(self, code: int, reason: str = "") -> None:
+        super().fail(code, REASONS.get(code, reason))
+
+
 class ServerPhase(enum.IntEnum):
     """Where a connection is in its life (see the module docstring)."""
 
@@ -182,7 +193,7 @@ class ServerConnection:
         # The connection itself needs only websockets' framing layer, created OPEN: our
         # own parser read the request head, so its parser starts at the frames and never
         # holds the request (or its headers) alive for the connection's lifetime.
-        protocol = Protocol(
+        protocol = _Framing(
             Side.SERVER, state=State.OPEN, max_size=max_frame_size, logger=_ws_logger
         )
         session = ServerSession(key, challenge, session_id, tick_interval)
@@ -334,7 +345,10 @@ class ServerConnection:
         # or a framing error / oversized frame (1002 / 1009 sent).
         if self.phase < ServerPhase.CLOSING and self._protocol.state is not State.OPEN:
             if self.phase is ServerPhase.CHALLENGED:
-                events.append(HandshakeFailed("protocol"))
+                # A Close of its own (a client without the key leaving) is no protocol
+                # error; a framing error or an oversized frame is.
+                closed = self._protocol.close_rcvd_then_sent is True
+                events.append(HandshakeFailed("closed" if closed else "protocol"))
             self.phase = ServerPhase.CLOSING
             self._forget_handshake()
             self._deadline = now + CLOSE_TIMEOUT

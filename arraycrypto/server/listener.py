@@ -39,7 +39,7 @@ from ..net.sockets import STREAM_ERRORS, DirectStream, SocketStream
 from ..net.tls import ServerTLSStream
 from .fanout import Fanout, Subscriber
 from .metrics import Metrics
-from .shim import Shim
+from .shim import Failure, Shim
 
 __all__ = ["Listener"]
 
@@ -233,9 +233,7 @@ class Listener:
         None when the request was answered (or never came).
         """
         got = await self.shim.read_head(stream, deadline - time.monotonic())
-        if got == 0:
-            return None  # connected and closed without a byte
-        if isinstance(got, int):
+        if isinstance(got, Failure):
             await self.shim.answer_failure(stream, got)
             return None
         head, rest = got

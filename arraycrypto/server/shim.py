@@ -8,8 +8,9 @@ with a body without any reply, and answers errors in text/plain.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import anyio
 import msgspec
@@ -20,12 +21,33 @@ from ..net.driver import Stream
 from ..net.sockets import STREAM_ERRORS
 from .metrics import Metrics
 
-__all__ = ["Routes", "Shim"]
+__all__ = ["Failure", "Routes", "Shim"]
 
+_METHODS: Final = "GET, HEAD, OPTIONS"
+_HEADER_LIST: Final = re.compile(r"^[A-Za-z0-9-]+(\s*,\s*[A-Za-z0-9-]+)*$")
 _LINGER_TIMEOUT: Final = 1.0  # seconds to drain an unread request body before closing
 _LINGER_BYTES: Final = 1 << 20
 #: Paths counted under their own label in http_requests_total; anything else is "other".
 _LABELLED: Final = frozenset({"/snapshot", "/health", "/metrics", "/handshake"})
+
+
+class Failure(NamedTuple):
+    """Why a request head could not be read, and what to answer (status 0: nothing)."""
+
+    status: int
+    body: dict[str, str]
+
+
+_SILENT: Final = Failure(0, {})  # connected and closed without a byte
+_BAD: Final = Failure(400, {"error": "bad request"})
+_TIMEOUT: Final = Failure(408, {"error": "request timeout"})
+_NOT_TLS: Final = Failure(
+    400,
+    {
+        "error": "bad request",
+        "detail": "this port speaks plain HTTP and WebSocket (http://, ws://), not TLS",
+    },
+)
 
 
 class Routes(msgspec.Struct, frozen=True):
@@ -43,13 +65,16 @@ class Shim:
         self.config = config
         self.metrics = metrics
         self.routes = routes
+        # The HTTP routes live next to the WebSocket path: /ws -> /snapshot,
+        # /crypto/ws -> /crypto/snapshot (PROTOCOL.md, section 4).
+        self._base = config.path.rsplit("/", 1)[0]
 
-    async def read_head(self, stream: Stream, remaining: float) -> tuple[bytes, bytes] | int:
-        """Return (head, bytes after it), or the HTTP status of the failure (400 or 408).
+    async def read_head(self, stream: Stream, remaining: float) -> tuple[bytes, bytes] | Failure:
+        """Return (head, bytes after it), or why there is no head to answer.
 
         The head must arrive within ``http_read_timeout`` and ``remaining`` seconds (what
-        is left of the connection's pre-authentication deadline). 0 means the peer
-        closed without sending a byte: nothing to answer.
+        is left of the connection's pre-authentication deadline); bytes that can never
+        begin a request (a TLS ClientHello, binary garbage) are refused at once.
         """
         buffer = bytearray()
         limit = self.config.http_max_request_size
@@ -58,53 +83,76 @@ class Shim:
                 end = http.find_head_end(buffer)
                 if end >= 0:
                     return bytes(buffer[:end]), bytes(buffer[end:])
-                if len(buffer) > limit:
-                    return 400
+                problem = http.head_problem(buffer)
+                if problem == "tls":
+                    return _NOT_TLS
+                if problem is not None or len(buffer) > limit:
+                    return _BAD
                 try:
                     # Never more than one byte past the limit: enough to refuse it.
                     buffer += await stream.receive(limit + 1 - len(buffer))
                 except anyio.EndOfStream:
-                    return 400 if buffer else 0
-        return 408
+                    return _BAD if buffer else _SILENT
+        return _TIMEOUT
 
-    async def answer_failure(self, stream: Stream, status: int) -> None:
-        """Answer a request head that could not be read (400 or 408)."""
-        error = "request timeout" if status == 408 else "bad request"
-        await self.reply(stream, "-", status, {"error": error})
+    async def answer_failure(self, stream: Stream, failure: Failure) -> None:
+        """Answer a request head that could not be read (nothing for a silent peer)."""
+        if failure.status:
+            await self.reply(stream, "-", failure.status, failure.body)
+
+    def route(self, path: str) -> str | None:
+        """The route a path names under the HTTP base (``/snapshot``...), if any."""
+        base = self._base
+        return path[len(base) :] if path.startswith(base + "/") else None
 
     async def answer(self, stream: Stream, request: http.RequestHead) -> None:
         """Answer a plain HTTP request (anything but a WebSocket upgrade on our path)."""
-        path = request.path
+        path, method = request.path, request.method
+        route = self.route(path) or "-"  # "-": no route of ours (a 404)
         routes = self.routes
-        if path == self.config.path and request.method == "GET":
+        if path == self.config.path and method == "GET":
             await self.reply(
                 stream,
-                path,
+                route,
                 426,
                 {"error": "websocket upgrade required"},
                 request,
                 (("Upgrade", "websocket"),),
             )
-        elif request.method not in ("GET", "HEAD"):
+        elif method == "OPTIONS":
+            await self.reply(stream, route, 204, b"", request, self._preflight(request))
+        elif method not in ("GET", "HEAD"):
             body: dict[str, str] = {"error": "method not allowed"}
-            if path == "/handshake":
+            if route == "/handshake":
                 body["detail"] = "the handshake is now the first WebSocket frame: see PROTOCOL.md"
-            await self.reply(stream, path, 405, body, request, (("Allow", "GET"),))
-        elif path == "/snapshot":
-            await self.reply(stream, path, 200, routes.snapshot(), request)
-        elif path == "/health":
-            await self.reply(stream, path, 200, routes.health(), request)
-        elif path == "/metrics":
+            await self.reply(stream, route, 405, body, request, (("Allow", _METHODS),))
+        elif route == "/snapshot":
+            await self.reply(stream, route, 200, routes.snapshot(), request)
+        elif route == "/health":
+            await self.reply(stream, route, 200, routes.health(), request)
+        elif route == "/metrics":
             await self.reply(
                 stream,
-                path,
+                route,
                 200,
                 routes.metrics(),
                 request,
                 content_type="text/plain; version=0.0.4",
             )
         else:
-            await self.reply(stream, path, 404, {"error": "not found"}, request)
+            await self.reply(stream, route, 404, {"error": "not found"}, request)
+
+    def _preflight(self, request: http.RequestHead) -> tuple[tuple[str, str], ...]:
+        headers: tuple[tuple[str, str], ...] = (("Allow", _METHODS),)
+        if request.headers.get("origin") in self.config.cors_origins:
+            headers += (
+                ("Access-Control-Allow-Methods", _METHODS),
+                ("Access-Control-Max-Age", "600"),
+            )
+            asked = request.headers.get("access-control-request-headers")
+            if asked and _HEADER_LIST.match(asked):
+                headers += (("Access-Control-Allow-Headers", asked),)
+        return headers
 
     async def reply(
         self,
@@ -117,9 +165,8 @@ class Shim:
         content_type: str = "application/json",
     ) -> None:
         """Send one response, count it, then linger so the client reads all of it."""
-        self.metrics.count(
-            "http_requests_total", path if path in _LABELLED else "other", str(status)
-        )
+        label = path if path in _LABELLED else "other"
+        self.metrics.count("http_requests_total", label, str(status))
         payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
         if request is not None:
             origin = request.headers.get("origin")
