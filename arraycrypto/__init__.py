@@ -19,6 +19,7 @@ from .core.exceptions import AuthenticationError as AuthenticationError
 from .core.exceptions import ConfigError as ConfigError
 from .core.exceptions import CryptoError as CryptoError
 from .core.exceptions import DecryptionError as DecryptionError
+from .core.exceptions import ExpiredError as ExpiredError
 from .core.exceptions import ProtocolError as ProtocolError
 from .core.exceptions import SnapshotError as SnapshotError
 from .core.handshake import CloseCode as CloseCode
@@ -40,6 +41,7 @@ __all__ = [
     "CryptoConfig",
     "CryptoError",
     "DecryptionError",
+    "ExpiredError",
     "Key",
     "Keyring",
     "ProtocolError",
