@@ -97,8 +97,12 @@ class StreamEncryptor:
         raise TypeError("StreamEncryptor holds a key and cannot be pickled")
 
     def output_limit(self, size: int) -> int:
-        """Return the most bytes :meth:`update_into` can write for ``size`` input bytes."""
-        segments = (len(self._pending) + size) // self.segment_size
+        """Return the most bytes :meth:`update_into` can write for ``size`` input bytes.
+
+        An upper bound whatever the encryptor holds back, so a driver can size one
+        output buffer once for its read size.
+        """
+        segments = (size + self.segment_size - 1) // self.segment_size
         return len(self.header) + segments * (self.segment_size + TAG_SIZE)
 
     def update(self, data: Buffer) -> bytes:
@@ -232,9 +236,12 @@ class StreamDecryptor:
         return self._unit - TAG_SIZE if self._unit else None
 
     def output_limit(self, size: int) -> int:
-        """Return the most bytes :meth:`update_into` can write for ``size`` input bytes."""
-        # Segments are never larger than their ciphertext, and the header yields nothing.
-        return len(self._pending) + size
+        """Return the most bytes :meth:`update_into` can write for ``size`` input bytes.
+
+        An upper bound whatever the decryptor holds back, once the header has arrived
+        (before that, ``size``: header bytes yield no plaintext).
+        """
+        return size + self._unit
 
     def update(self, data: Buffer) -> bytes:
         """Return the plaintext of every segment that ``data`` completes and that verified."""
