@@ -1,0 +1,256 @@
+"""The streaming drivers: binary files (sync) and anyio byte streams, in constant memory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.streams.file import FileReadStream, FileWriteStream
+
+from arraycrypto import DecryptionError, ExpiredError, Keyring
+from arraycrypto.streaming import (
+    decrypt_file,
+    decrypt_stream,
+    encrypt_file,
+    encrypt_stream,
+    expires_at_ms,
+    is_stream,
+)
+
+from .helpers import SECRET, T0
+
+RING = Keyring(SECRET)
+CIPHER = RING.cipher(RING.new_snapshot(3, bytes(16), T0))
+CLOCK: Callable[[], float] = lambda: T0 / 1000  # noqa: E731
+BIG = 24 << 20  # large against the bound below, small enough for a 2-core CI
+BOUND = 6 << 20  # what streaming may hold at once, whatever the size
+
+
+def pattern(size: int, chunk: int = 1 << 16) -> Callable[[int], bytes]:
+    """A deterministic plaintext of ``size`` bytes, produced piece by piece (never whole)."""
+    block = hashlib.sha256(b"block").digest() * (chunk // 32)
+    state = {"left": size}
+
+    def read(n: int = -1) -> bytes:
+        n = state["left"] if n < 0 else min(n, state["left"], chunk)
+        state["left"] -= n
+        return block[:n]
+
+    return read
+
+
+class Reader:
+    """A binary file that makes its content as it is read."""
+
+    def __init__(self, size: int) -> None:
+        self.read = pattern(size)
+
+
+class Digest:
+    """A binary file that keeps only a hash and a count of what is written."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def expected_digest(size: int) -> str:
+    digest = Digest()
+    read = pattern(size)
+    while chunk := read(1 << 16):
+        digest.write(chunk)
+    return digest.hash.hexdigest()
+
+
+def test_round_trip_through_files(tmp_path: Path) -> None:
+    data = os.urandom(3 * 65536 + 7)
+    src, enc, out = tmp_path / "p", tmp_path / "c", tmp_path / "d"
+    src.write_bytes(data)
+    with src.open("rb") as f, enc.open("wb") as g:
+        assert encrypt_file(CIPHER, f, g, b"ad", expires_in=60, clock=CLOCK) == len(data)
+    token = enc.read_bytes()
+    assert is_stream(token[:100]) is True
+    assert RING.decrypt(token, b"ad", now_ms=T0) == data
+    with enc.open("rb") as f, out.open("wb") as g:
+        assert decrypt_file(RING, f, g, b"ad", clock=CLOCK) == len(data)
+    assert out.read_bytes() == data
+
+
+def test_decrypt_file_takes_single_shot_envelopes_too() -> None:
+    for token in (CIPHER.encrypt(b"small"), CIPHER.encrypt(b"small", expires_at=T0 + 1)):
+        assert is_stream(token) is False
+        out = io.BytesIO()
+        assert decrypt_file(RING, io.BytesIO(token), out, clock=CLOCK) == 5
+        assert out.getvalue() == b"small"
+    with pytest.raises(DecryptionError):
+        decrypt_file(RING, io.BytesIO(b"\x07garbage"), io.BytesIO(), clock=CLOCK)
+
+
+def test_the_drivers_enforce_the_senders_expiry() -> None:
+    sealed = io.BytesIO()
+    encrypt_file(CIPHER, io.BytesIO(b"x" * 100), sealed, expires_in=10, clock=CLOCK)
+    late: Callable[[], float] = lambda: T0 / 1000 + 10 + 60 + 0.002  # noqa: E731
+    with pytest.raises(ExpiredError):
+        decrypt_file(RING, io.BytesIO(sealed.getvalue()), io.BytesIO(), clock=late)
+    assert expires_at_ms(2.5, clock=CLOCK) == T0 + 2500
+    assert expires_at_ms(expires_at=T0) == T0
+    assert expires_at_ms() is None
+    with pytest.raises(ValueError, match="positive"):
+        expires_at_ms(0)
+    with pytest.raises(TypeError, match="not both"):
+        expires_at_ms(1, T0)
+
+
+def test_sync_helpers_run_in_constant_memory(tmp_path: Path) -> None:
+    sealed = tmp_path / "sealed"
+    tracemalloc.start()
+    try:
+        with sealed.open("wb") as f:
+            assert encrypt_file(CIPHER, Reader(BIG), f) == BIG  # type: ignore[arg-type]
+        _, enc_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        digest = Digest()
+        with sealed.open("rb") as f:
+            assert decrypt_file(RING, f, digest, clock=CLOCK) == BIG
+        _, dec_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sealed.stat().st_size > BIG
+    assert digest.hash.hexdigest() == expected_digest(BIG)
+    assert enc_peak < BOUND, enc_peak
+    assert dec_peak < BOUND, dec_peak
+
+
+# -- async: anyio byte streams, under asyncio and trio ---------------------------------------
+
+
+class Source(anyio.abc.ByteReceiveStream):
+    """Sends a made-up plaintext in chunks, then ends (or breaks, if told to)."""
+
+    def __init__(self, size: int, *, data: bytes | None = None, break_after: int = -1) -> None:
+        self.read = pattern(size) if data is None else io.BytesIO(data).read
+        self.sent = 0
+        self.break_after = break_after
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        if self.break_after >= 0 and self.sent >= self.break_after:
+            raise anyio.BrokenResourceError
+        chunk = self.read(max_bytes)
+        if not chunk:
+            raise anyio.EndOfStream
+        self.sent += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Sink(anyio.abc.ByteSendStream):
+    """Keeps a digest (or all the bytes, if asked)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.digest = Digest()
+        self.parts: list[bytes] | None = [] if keep else None
+
+    async def send(self, item: bytes) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.digest.write(item)
+        if self.parts is not None:
+            self.parts.append(item)
+
+    async def aclose(self) -> None:
+        pass
+
+    def value(self) -> bytes:
+        assert self.parts is not None
+        return b"".join(self.parts)
+
+
+@pytest.mark.anyio
+async def test_async_round_trip() -> None:
+    data = os.urandom(200_003)
+    sealed = Sink(keep=True)
+    size = await encrypt_stream(
+        CIPHER, Source(0, data=data), sealed, b"ad", expires_in=5, clock=CLOCK
+    )
+    assert size == len(data)
+    token = sealed.value()
+    assert RING.decrypt(token, b"ad", now_ms=T0) == data
+    plain = Sink(keep=True)
+    assert await decrypt_stream(RING, Source(0, data=token), plain, b"ad", clock=CLOCK) == len(data)
+    assert plain.value() == data
+    single = Sink(keep=True)  # a single-shot envelope is taken whole
+    await decrypt_stream(RING, Source(0, data=CIPHER.encrypt(b"hi")), single, clock=CLOCK)
+    assert single.value() == b"hi"
+
+
+@pytest.mark.anyio
+async def test_async_truncated_stream_fails_closed() -> None:
+    sealed = Sink(keep=True)
+    await encrypt_stream(CIPHER, Source(300_000), sealed)
+    token = sealed.value()
+    boundary = 84 + 2 * (65536 + 16)  # exactly two segments: a plausible cut
+    plain = Sink(keep=True)
+    with pytest.raises(DecryptionError):
+        await decrypt_stream(RING, Source(0, data=token[:boundary]), plain, clock=CLOCK)
+    read = pattern(300_000)
+    assert read(65536) == plain.value()  # the verified first segment only
+
+
+@pytest.mark.anyio
+async def test_a_broken_source_is_never_sealed_as_a_complete_stream() -> None:
+    sealed = Sink(keep=True)
+    with pytest.raises(anyio.BrokenResourceError):
+        await encrypt_stream(CIPHER, Source(500_000, break_after=200_000), sealed)
+    with pytest.raises(DecryptionError):  # what was sent has no last segment
+        RING.decrypt(sealed.value())
+
+
+@pytest.mark.anyio
+async def test_async_binary_files(tmp_path: Path) -> None:
+    data = os.urandom(150_000)
+    (tmp_path / "p").write_bytes(data)
+    async with (
+        await FileReadStream.from_path(tmp_path / "p") as src,
+        await FileWriteStream.from_path(tmp_path / "c") as dst,
+    ):
+        await encrypt_stream(CIPHER, src, dst)
+    async with (
+        await FileReadStream.from_path(tmp_path / "c") as src,
+        await FileWriteStream.from_path(tmp_path / "d") as dst,
+    ):
+        await decrypt_stream(RING, src, dst, clock=CLOCK)
+    assert (tmp_path / "d").read_bytes() == data
+
+
+@pytest.mark.anyio
+async def test_async_helpers_run_in_constant_memory(tmp_path: Path) -> None:
+    path = tmp_path / "sealed"
+    tracemalloc.start()
+    try:
+        async with await FileWriteStream.from_path(path) as dst:
+            assert await encrypt_stream(CIPHER, Source(BIG), dst) == BIG
+        _, enc_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        sink = Sink()
+        async with await FileReadStream.from_path(path) as src:
+            assert await decrypt_stream(RING, src, sink, clock=CLOCK) == BIG
+        _, dec_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sink.digest.hash.hexdigest() == expected_digest(BIG)
+    assert enc_peak < BOUND, enc_peak
+    assert dec_peak < BOUND, dec_peak
