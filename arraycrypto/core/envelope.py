@@ -42,6 +42,37 @@ DEFAULT_SEGMENT_SIZE: Final = 1 << DEFAULT_SEGMENT_SHIFT
 _V2_SINGLE: Final = bytes([MODE_SINGLE])
 
 
+#: Large single-shot encrypts seal into a reused scratch buffer, then copy once into the
+#: returned bytes. Returning ``header || nonce || ciphertext`` from pyca's own output
+#: means two short-lived allocations of the payload's size per call; glibc's malloc
+#: gives that memory back to the kernel when both are freed and faults it in again on
+#: the next call, which cost more than the AES-GCM itself here (docs/benchmarks.md).
+#: At most _POOL_SIZE buffers of at most _POOLED_MAX bytes are kept, shared by every
+#: cipher; ``list.pop``/``append`` are atomic, so threads never share a buffer.
+_POOLED_MIN: Final = 1 << 16
+_POOLED_MAX: Final = (4 << 20) + TAG_SIZE
+_POOL_SIZE: Final = 2
+_pool: list[bytearray] = []
+
+
+def _seal_pooled(aead: AESGCM, header: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    size = len(data) + TAG_SIZE
+    if size > _POOLED_MAX:
+        return header + nonce + aead.encrypt(nonce, data, aad)
+    try:
+        buf = _pool.pop()
+    except IndexError:
+        buf = bytearray(size)
+    if len(buf) < size:
+        buf = bytearray(size)
+    with memoryview(buf) as whole, whole[:size] as view:
+        aead.encrypt_into(nonce, data, aad, view)
+        envelope = b"".join((header, nonce, view))
+    if len(_pool) < _POOL_SIZE:
+        _pool.append(buf)
+    return envelope
+
+
 class SnapshotCipher:
     """Encrypts under one verified snapshot's keys; built once per snapshot.
 
@@ -54,6 +85,7 @@ class SnapshotCipher:
         "_aead",
         "_header",
         "_key",
+        "_last_v2",
         "_owner",
         "_single_aead",
         "_single_key",
@@ -73,6 +105,7 @@ class SnapshotCipher:
         self._stream_key = b""
         # the single-shot v2 header up to expires_at: v1 header, version 2, mode 1
         self._v2_single = bytes([ENVELOPE_V2]) + self._header[1:] + _V2_SINGLE
+        self._last_v2: tuple[int, bytes] = (0, b"")  # (expires_at, its header); 0: none yet
 
     def __repr__(self) -> str:
         return f"SnapshotCipher(key_id={self.snapshot.key_id.hex()}, tick={self.snapshot.tick})"
@@ -116,14 +149,19 @@ class SnapshotCipher:
         nonce = _urandom(NONCE_SIZE)
         if expires_at is None:
             header = self._header
-            aad = header + associated_data if associated_data else header
-            return header + nonce + self._aead.encrypt(nonce, data, aad)
-        if type(expires_at) is not int or not 0 < expires_at <= _MAX_TIME_MS:
-            check_expires_at(expires_at)  # raises, with the reason
-        header = self._v2_single + _pack_u64(expires_at)
+            aead = self._aead
+        else:
+            last_expiry, header = self._last_v2  # one tuple: threads never see a torn pair
+            if expires_at != last_expiry:  # callers at ms resolution repeat it call after call
+                if type(expires_at) is not int or not 0 < expires_at <= _MAX_TIME_MS:
+                    check_expires_at(expires_at)  # raises, with the reason
+                header = self._v2_single + _pack_u64(expires_at)
+                self._last_v2 = (expires_at, header)
+            aead = self._single_aead or self._init_single()
         aad = header + associated_data if associated_data else header
-        aead = self._single_aead or self._init_single()
-        return header + nonce + aead.encrypt(nonce, data, aad)
+        if len(data) < _POOLED_MIN:
+            return header + nonce + aead.encrypt(nonce, data, aad)
+        return _seal_pooled(aead, header, nonce, data, aad)
 
     def stream_encryptor(
         self,
