@@ -24,8 +24,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from arraycrypto import Keyring
 
 SIZES = {"64 B": 64, "1 KiB": 1024, "64 KiB": 64 * 1024, "1 MiB": 1024 * 1024}
-if os.environ.get("BENCH_SIZES"):
-    SIZES = {k: v for k, v in SIZES.items() if k in os.environ["BENCH_SIZES"].split(",")}
 
 
 def per_op(fn: Callable[[], object], n: int) -> float:
@@ -86,10 +84,15 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--budget", type=float, default=0.02, help="seconds per sample")
+    parser.add_argument(
+        "--sizes", default=",".join(SIZES), help=f"comma-separated subset of {list(SIZES)}"
+    )
     args = parser.parse_args()
 
     result: dict[str, dict[str, float]] = {}
     for label, size in SIZES.items():
+        if label not in args.sizes.split(","):
+            continue
         med = bench_size(size, args.rounds, args.budget)
         med["encrypt_vs_raw"] = med["arraycrypto_encrypt"] / med["raw_encrypt"]
         med["decrypt_vs_raw"] = med["arraycrypto_decrypt"] / med["raw_decrypt"]
