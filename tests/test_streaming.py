@@ -8,6 +8,7 @@ import os
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -254,3 +255,45 @@ async def test_async_helpers_run_in_constant_memory(tmp_path: Path) -> None:
     assert sink.digest.hash.hexdigest() == expected_digest(BIG)
     assert enc_peak < BOUND, enc_peak
     assert dec_peak < BOUND, dec_peak
+
+
+class BrokenPipeAfter:
+    """A binary file whose writes fail once ``limit`` bytes went through."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.size + len(data) > self.limit:
+            raise BrokenPipeError("the reader went away")
+        self.size += len(data)
+        return len(data)
+
+
+def test_a_failing_write_stops_the_stream_with_its_error() -> None:
+    """Writes run in a helper thread: its error must reach the caller, never hang."""
+    sink = BrokenPipeAfter(3 << 20)
+    with pytest.raises(BrokenPipeError, match="went away"):
+        encrypt_file(CIPHER, Reader(BIG), sink)  # type: ignore[arg-type]
+    assert sink.size <= 3 << 20
+    sealed = io.BytesIO()
+    encrypt_file(CIPHER, Reader(8 << 20), sealed)  # type: ignore[arg-type]
+    with pytest.raises(BrokenPipeError):
+        decrypt_file(RING, io.BytesIO(sealed.getvalue()), BrokenPipeAfter(1 << 20), clock=CLOCK)
+
+
+def test_output_comes_out_in_order_with_any_read_sizes() -> None:
+    """Short reads (as from a pipe) and the writer thread keep every byte in place."""
+    data = os.urandom(5 * 65536 + 99)
+
+    class Trickle(io.BytesIO):
+        def readinto(self, buffer: Any) -> int:
+            view = memoryview(buffer)
+            return super().readinto(view[: 1 + len(view) // 3])
+
+    sealed = io.BytesIO()
+    encrypt_file(CIPHER, Trickle(data), sealed)
+    out = io.BytesIO()
+    decrypt_file(RING, Trickle(sealed.getvalue()), out, clock=CLOCK)
+    assert out.getvalue() == data
