@@ -73,5 +73,9 @@ def test_exception_tree() -> None:
         "ConfigError",
         "DecryptionError",
         "ProtocolError",
+        "ExpiredError",
     ):
         assert issubclass(getattr(arraycrypto, name), arraycrypto.CryptoError)
+    assert issubclass(arraycrypto.ExpiredError, arraycrypto.SnapshotError)
+    # the caller's mistake (no now_ms for an expiring ciphertext), like ttl without now_ms
+    assert issubclass(arraycrypto.NowRequiredError, TypeError)

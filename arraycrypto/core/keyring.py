@@ -101,9 +101,16 @@ class Keyring:
         self._ciphers[header] = cipher
         return cipher
 
-    def encrypt(self, snapshot: Snapshot, data: bytes | str, associated_data: bytes = b"") -> bytes:
-        """Encrypt ``data`` under ``snapshot`` (verified once, then cached)."""
-        return self.cipher(snapshot).encrypt(data, associated_data)
+    def encrypt(
+        self,
+        snapshot: Snapshot,
+        data: bytes | str,
+        associated_data: bytes = b"",
+        *,
+        expires_at: int | None = None,
+    ) -> bytes:
+        """Encrypt ``data`` under ``snapshot`` (verified once, then cached); see SnapshotCipher."""
+        return self.cipher(snapshot).encrypt(data, associated_data, expires_at=expires_at)
 
     def decrypt(
         self,
