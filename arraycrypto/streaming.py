@@ -29,11 +29,13 @@ import anyio.abc
 
 from .core.envelope import DEFAULT_SEGMENT_SIZE, SnapshotCipher
 from .core.envelope2 import MAX_HEADER_SIZE, MODE_STREAM
+from .core.exceptions import DecryptionError
 from .core.keyring import Keyring
-from .core.keys import ENVELOPE_V2
+from .core.keys import ENVELOPE_V2, ENVELOPE_VERSION
 from .core.stream import Buffer, StreamDecryptor, StreamEncryptor
 
 __all__ = [
+    "MAX_SINGLE_SIZE",
     "READ_SIZE",
     "decrypt_file",
     "decrypt_stream",
@@ -45,6 +47,16 @@ __all__ = [
 
 #: Bytes read per call by the sync helpers: 16 segments of 64 KiB.
 READ_SIZE: Final = 1 << 20
+#: The largest single-shot envelope (v1, or v2 single) the helpers read into memory.
+#: Streams have no limit; the CLI makes single-shot envelopes of at most 1 MiB.
+MAX_SINGLE_SIZE: Final = 1 << 31
+
+
+def _check_single(head: Buffer, size: int, limit: int) -> None:
+    """Fail at once on bytes no envelope starts with, or past the single-shot limit."""
+    if (head and head[0] not in (ENVELOPE_VERSION, ENVELOPE_V2)) or size > limit:
+        raise DecryptionError
+
 
 Progress = Callable[[int], None]
 
@@ -152,12 +164,14 @@ def decrypt_file(
     max_drift: float = 60.0,
     clock: Callable[[], float] = time.time,
     progress: Progress | None = None,
+    max_single_size: int = MAX_SINGLE_SIZE,
 ) -> int:
     """Decrypt any envelope read from ``src`` onto ``dst``; return the plaintext size.
 
-    A stream is decrypted in constant memory; a single-shot envelope is read whole. The
-    time rules use ``clock`` (so a sender's expiry is always enforced), plus ``ttl``.
-    Raises DecryptionError, SnapshotError or ExpiredError as :meth:`Keyring.decrypt`.
+    A stream is decrypted in constant memory; a single-shot envelope is read whole, up
+    to ``max_single_size`` bytes. The time rules use ``clock`` (so a sender's expiry is
+    always enforced), plus ``ttl``. Raises DecryptionError (also for input that is no
+    envelope or too large), SnapshotError or ExpiredError as :meth:`Keyring.decrypt`.
     """
     now_ms = int(clock() * 1000)
     head = bytearray()
@@ -166,12 +180,16 @@ def decrypt_file(
         if not chunk:
             break
         head += chunk
-    if not kind:  # single-shot (or garbage): one AEAD message, read whole
+    if not kind:  # single-shot: one AEAD message, read whole (bounded)
+        _check_single(head, len(head), max_single_size)
         parts = [bytes(head)]
+        size = len(head)
         while chunk := src.read(READ_SIZE):
             parts.append(chunk)
+            size += len(chunk)
+            _check_single(head, size, max_single_size)
             if progress is not None:
-                progress(sum(map(len, parts)))
+                progress(size)
         plaintext = keyring.decrypt(
             b"".join(parts), associated_data, ttl=ttl, now_ms=now_ms, max_drift=max_drift
         )
@@ -319,13 +337,15 @@ async def decrypt_stream(
     ttl: float | None = None,
     max_drift: float = 60.0,
     clock: Callable[[], float] = time.time,
+    max_single_size: int = MAX_SINGLE_SIZE,
 ) -> int:
     """Decrypt any envelope received from ``source``, sending plaintext to ``sink``.
 
-    Streams go segment by segment (each sent only once verified); a single-shot envelope
-    is received whole. The end of ``source`` (``EndOfStream``, or a broken or closed
-    stream) ends the input: a stream cut short then fails closed with DecryptionError.
-    Returns the plaintext size. ``sink`` is not closed.
+    Streams go segment by segment (each sent only once verified); a single-shot
+    envelope is received whole (up to ``max_single_size`` bytes). The end of ``source``
+    (``EndOfStream``, or a broken or closed stream) ends the input: a stream cut short
+    then fails closed with DecryptionError. Returns the plaintext size. ``sink`` is not
+    closed.
     """
     now_ms = int(clock() * 1000)
     head = bytearray()
@@ -337,11 +357,13 @@ async def decrypt_stream(
             break
         head += chunk
     if not kind:
+        _check_single(head, len(head), max_single_size)
         while not ended:
             chunk = await _receive(source)
             if chunk is None:
                 break
             head += chunk
+            _check_single(head, len(head), max_single_size)
         plaintext = keyring.decrypt(
             bytes(head), associated_data, ttl=ttl, now_ms=now_ms, max_drift=max_drift
         )

@@ -297,3 +297,39 @@ def test_output_comes_out_in_order_with_any_read_sizes() -> None:
     out = io.BytesIO()
     decrypt_file(RING, Trickle(sealed.getvalue()), out, clock=CLOCK)
     assert out.getvalue() == data
+
+
+class Endless:
+    """A source that never ends (``/dev/zero`` on stdin)."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+
+    def read(self, n: int = -1) -> bytes:
+        chunk, self.first = self.first, b""
+        return chunk or bytes(max(n, 1) if n > 0 else 65536)
+
+
+def test_input_that_is_no_envelope_or_too_large_fails_without_reading_it_all() -> None:
+    with pytest.raises(DecryptionError):  # not 1 or 2: refused at the first byte
+        decrypt_file(RING, Endless(b"\x00"), io.BytesIO(), clock=CLOCK)
+    with pytest.raises(DecryptionError):  # a v1 start, but larger than the limit
+        decrypt_file(
+            RING,
+            Endless(b"\x01"),
+            io.BytesIO(),
+            clock=CLOCK,
+            max_single_size=8 << 20,
+        )
+
+
+@pytest.mark.anyio
+async def test_async_input_past_the_single_shot_limit_fails() -> None:
+    token = CIPHER.encrypt(os.urandom(300_000))
+    with pytest.raises(DecryptionError):
+        await decrypt_stream(
+            RING, Source(0, data=token), Sink(), clock=CLOCK, max_single_size=200_000
+        )
+    sink = Sink(keep=True)
+    await decrypt_stream(RING, Source(0, data=token), sink, clock=CLOCK)
+    assert len(sink.value()) == 300_000
