@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from arraycrypto import DecryptionError, ExpiredError, Keyring, SnapshotCipher, SnapshotError
 from arraycrypto.core.envelope2 import NowRequiredError
 from arraycrypto.core.isotime import format_age, iso8601_utc
+from arraycrypto.core.keys import payload_key
 from arraycrypto.core.peek import NOT_AUTHENTICATED, describe, peek
 from arraycrypto.core.stream import StreamDecryptor
 
@@ -391,3 +392,32 @@ def test_peek_reports_impossible_sizes_and_rejects_garbage() -> None:
     for garbage in (b"", b"\x00abc", b"\x03" * 100, b"\x02" + bytes(40) + b"\x05"):
         with pytest.raises(ValueError, match=r"envelope|range|short"):
             peek(garbage)
+
+
+def test_no_v2_key_shows_in_reprs_or_errors() -> None:
+    snapshot = CIPHER.snapshot
+    key = RING.primary
+    salt = bytes(range(16))
+    secrets = [
+        SECRET,
+        key.single_key(snapshot),
+        key.stream_key(snapshot),
+        payload_key(key.stream_key(snapshot), salt),
+    ]
+    enc = CIPHER._stream_encryptor(b"", T0 + 1, SEG, salt)
+    token = enc.update(b"x" * 3000) + enc.finish()
+    texts = [repr(CIPHER), repr(RING), repr(enc), repr(RING.stream_decryptor())]
+    cases: list[tuple[bytes, int | None]] = [
+        (token, T0 + 10**7),  # expired
+        (token, None),  # no now_ms
+        (token[:-1], T0),  # truncated
+        (CIPHER.encrypt(b"x", expires_at=T0 + 1), None),
+    ]
+    for envelope, now in cases:
+        with pytest.raises((SnapshotError, DecryptionError, TypeError)) as caught:
+            RING.decrypt(envelope, now_ms=now)
+        texts.append(repr(caught.value) + str(caught.value))
+    haystack = "\n".join(texts)
+    for secret in secrets:
+        assert secret.hex() not in haystack
+        assert repr(secret)[2:-1] not in haystack
