@@ -339,6 +339,11 @@ def main() -> int:
             f" {r['peak_rss_mib']:12.1f}"
         )
     print()
+    print("wall s of each run, in order (the spread is the machine's):")
+    for r in sorted(rows, key=lambda r: (r["op"] != "encrypt", r["shape"], r["contender"])):
+        walls = ", ".join(f"{w:.2f}" for w in r["walls"])
+        print(f"{r['op']:>7} {r['shape']:>5} {r['contender']:>11} | {walls}")
+    print()
     print("ratios (arraycrypto against each):")
     for q in ratios:
         print(
