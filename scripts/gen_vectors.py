@@ -88,6 +88,20 @@ def _snap(secret: bytes, tick: int = 7, ts: int = T0, size: int = 16) -> Snapsho
     return Keyring(secret).new_snapshot(tick, bytes(range(16, 32)), ts, size)
 
 
+def invalid_rows(invalid: list[tuple[str, bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Vectors that must fail with the opaque DecryptionError (keyring: SECRET_A unless said)."""
+    return [
+        {
+            "description": d,
+            "envelope": t.hex(),
+            "keyring": extra.get("keyring", [SECRET_A.hex()]),
+            "associated_data": extra.get("associated_data", ""),
+            "error": "DecryptionError",
+        }
+        for d, t, extra in invalid
+    ]
+
+
 def envelopes() -> dict[str, Any]:
     valid = []
     cases = [
@@ -139,16 +153,7 @@ def envelopes() -> dict[str, Any]:
         ("wrong associated data", base, {"associated_data": "00"}),
         ("rotated keyring lacks the old key", old, {"keyring": [SECRET_A.hex()]}),
     ]
-    invalid_out: list[dict[str, Any]] = [
-        {
-            "description": d,
-            "envelope": t.hex(),
-            "keyring": extra.get("keyring", [SECRET_A.hex()]),
-            "associated_data": extra.get("associated_data", ""),
-            "error": "DecryptionError",
-        }
-        for d, t, extra in invalid
-    ]
+    invalid_out = invalid_rows(invalid)
     timed = [
         ("expired: older than ttl", T0 + 60_001, 60, 60, "SnapshotError"),
         ("exactly ttl old: still valid", T0 + 60_000, 60, 60, None),
@@ -348,16 +353,7 @@ def envelopes_v2() -> dict[str, Any]:
         ("single truncated to its header", single[: mode_at + 9], {}),
         ("v2 header cut before the mode byte", single[:mode_at], {}),
     ]
-    invalid_out = [
-        {
-            "description": d,
-            "envelope": t.hex(),
-            "keyring": extra.get("keyring", [SECRET_A.hex()]),
-            "associated_data": extra.get("associated_data", ""),
-            "error": "DecryptionError",
-        }
-        for d, t, extra in invalid
-    ]
+    invalid_out = invalid_rows(invalid)
     expiring = _stream(SECRET_A, b"short-lived", expires_at=T0 + 60_000)
     timed = [
         (
