@@ -10,6 +10,7 @@ contender alike; the figures are medians over rounds of per-operation times.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -47,6 +48,11 @@ def bench_size(size: int, rounds: int, budget: float) -> dict[str, float]:
     envelope = cipher.encrypt(data)
     buffer = bytearray(cipher.envelope_size(size))
     assert keyring.decrypt(envelope) == data
+    now = snapshot.timestamp + 1000
+    expiry = now + 3_600_000
+    fresh = itertools.count(expiry)  # a new expires_at every call, as now + ttl would be
+    expiring = cipher.encrypt(data, expires_at=expiry)
+    assert keyring.decrypt(expiring, now_ms=now) == data
 
     contenders: dict[str, Callable[[], object]] = {
         "raw_encrypt": lambda: aead.encrypt(os.urandom(12), data, None),
@@ -56,6 +62,10 @@ def bench_size(size: int, rounds: int, budget: float) -> dict[str, float]:
         "arraycrypto_encrypt": lambda: cipher.encrypt(data),
         "arraycrypto_decrypt": lambda: keyring.decrypt(envelope),
         "arraycrypto_encrypt_into": lambda: cipher.encrypt_into(data, buffer),
+        "expiry_encrypt_same": lambda: cipher.encrypt(data, expires_at=expiry),
+        "expiry_encrypt_fresh": lambda: cipher.encrypt(data, expires_at=next(fresh)),
+        "v1_decrypt_now": lambda: keyring.decrypt(envelope, now_ms=now),
+        "expiry_decrypt": lambda: keyring.decrypt(expiring, now_ms=now),
     }
     # Calibrate n so one measurement takes about `budget` seconds.
     counts = {}
@@ -74,10 +84,15 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--budget", type=float, default=0.02, help="seconds per sample")
+    parser.add_argument(
+        "--sizes", default=",".join(SIZES), help=f"comma-separated subset of {list(SIZES)}"
+    )
     args = parser.parse_args()
 
     result: dict[str, dict[str, float]] = {}
     for label, size in SIZES.items():
+        if label not in args.sizes.split(","):
+            continue
         med = bench_size(size, args.rounds, args.budget)
         med["encrypt_vs_raw"] = med["arraycrypto_encrypt"] / med["raw_encrypt"]
         med["decrypt_vs_raw"] = med["arraycrypto_decrypt"] / med["raw_decrypt"]
@@ -109,6 +124,21 @@ def main() -> int:
             f" {r['raw_decrypt']:9.2f} {r['arraycrypto_decrypt']:9.2f}"
             f" {r['decrypt_vs_raw']:6.2f} {r['fernet_decrypt']:9.2f}"
             f" {r['fernet_decrypt_vs_ours']:5.1f}"
+        )
+    print()
+    print("expiry (envelope v2 single) against v1, µs; decrypt both with now_ms (time checks):")
+    print(
+        f"{'size':>7} | {'v1 enc':>7} {'exp same':>8} {'delta':>6} {'exp new':>8} {'delta':>6} |"
+        f" {'v1 dec':>7} {'exp dec':>8} {'delta':>6}"
+    )
+    for label, r in result.items():
+        print(
+            f"{label:>7} | {r['arraycrypto_encrypt']:7.2f} {r['expiry_encrypt_same']:8.2f}"
+            f" {r['expiry_encrypt_same'] - r['arraycrypto_encrypt']:+6.2f}"
+            f" {r['expiry_encrypt_fresh']:8.2f}"
+            f" {r['expiry_encrypt_fresh'] - r['arraycrypto_encrypt']:+6.2f} |"
+            f" {r['v1_decrypt_now']:7.2f} {r['expiry_decrypt']:8.2f}"
+            f" {r['expiry_decrypt'] - r['v1_decrypt_now']:+6.2f}"
         )
     print()
     print("encrypt_into (caller's buffer, no copy), µs and throughput vs raw AES-GCM:")

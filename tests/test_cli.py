@@ -13,18 +13,9 @@ import pytest
 
 from arraycrypto import CryptoConfig, Keyring, ServerConfig, save_config
 
+from .harness.cli import cli
 from .harness.constants import HOST, OTHER, SECRET
 from .harness.servers import ServeProcess
-
-
-def cli(*args: str, data: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "arraycrypto", *args],
-        input=data,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture

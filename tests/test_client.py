@@ -20,6 +20,7 @@ from arraycrypto import (
     CryptoClient,
     CryptoError,
     DecryptionError,
+    ExpiredError,
     Keyring,
     ServerConfig,
     SnapshotError,
@@ -30,6 +31,7 @@ from arraycrypto import (
 from .harness.clock import wait_for
 from .harness.constants import HOST, OTHER, SECRET
 from .harness.servers import ServeProcess, client_config, running_server, server_config
+from .harness.streams import Sink, Source
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).parent / "seed_examples"
@@ -408,3 +410,57 @@ def _unreachable_config(tmp_path: Path) -> Path:
     path = tmp_path / "unreachable.json"
     save_config(path, client_config(port, snapshot_timeout=0.5))
     return path
+
+
+async def test_expiry_set_by_the_sender_is_enforced_by_every_reader() -> None:
+    clock = [time.time()]
+    async with running_server() as server:
+        assert server.port
+        config = client_config(server.port, max_drift=30)
+        async with CryptoClient(config, clock=lambda: clock[0]) as client:
+            await client.authenticate()
+            token = client.encrypt(b"for an hour", expires_in=3600)
+            big = await client.encrypt_message(os.urandom(2 << 20), expires_in=3600)
+            assert client.decrypt(token) == b"for an hour"
+            assert len(await client.decrypt_message(big)) == 2 << 20
+            clock[0] += 3600 + 61  # past the expiry and any max_drift tolerance (30, 60)
+            with pytest.raises(ExpiredError, match="expired at"):
+                client.decrypt(token)
+            with pytest.raises(ExpiredError):
+                await client.decrypt_message(big)
+            # no ttl to remember on the reading side: the keyring alone refuses it too
+            with pytest.raises(ExpiredError):
+                Keyring(SECRET).decrypt(token, now_ms=int(clock[0] * 1000))
+
+
+async def test_streams_through_the_client() -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    async with running_server() as server:
+        assert server.port
+        async with CryptoClient(client_config(server.port)) as client:
+            await client.authenticate()
+            sealed = Sink(keep=True)
+            size = await client.encrypt_stream(Source(0, data=data), sealed, b"ad")
+            assert size == len(data)
+            plain = Sink(keep=True)
+            await client.decrypt_stream(Source(0, data=sealed.value()), plain, b"ad")
+            assert plain.value() == data
+            with pytest.raises(DecryptionError):
+                await client.decrypt_stream(Source(0, data=sealed.value()[:-1]), Sink(), b"ad")
+
+
+def test_sync_client_files(tmp_path: Path) -> None:
+    import io
+
+    path = write_server_config(tmp_path)
+    data = os.urandom(1_500_000)
+    with (
+        ServeProcess("--config", str(path)) as server,
+        SyncCryptoClient(client_config(server.port)) as client,
+    ):
+        client.authenticate()
+        sealed = io.BytesIO()
+        assert client.encrypt_file(io.BytesIO(data), sealed, expires_in=60) == len(data)
+        back = io.BytesIO()
+        assert client.decrypt_file(io.BytesIO(sealed.getvalue()), back) == len(data)
+        assert back.getvalue() == data

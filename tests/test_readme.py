@@ -44,6 +44,12 @@ def test_core_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_streaming_example_runs(tmp_path: Path) -> None:
+    (example,) = [b for b in python_blocks() if "encrypt_file(cipher" in b]
+    result = run(example, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def test_client_example_runs(tmp_path: Path) -> None:
     (example,) = [b for b in python_blocks() if 'CryptoClient("client_config.json")' in b]
     server_path = tmp_path / "server_config.json"

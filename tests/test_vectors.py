@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from arraycrypto import DecryptionError, Keyring, Snapshot, SnapshotError
+from arraycrypto import DecryptionError, ExpiredError, Keyring, Snapshot, SnapshotError
 from arraycrypto.core import messages as m
+from arraycrypto.core.envelope2 import NowRequiredError
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
@@ -89,12 +90,81 @@ def ref_decrypt(secrets: list[bytes], envelope: bytes, ad: bytes) -> bytes | Non
     return None
 
 
+def ref_v2(
+    secrets: list[bytes],
+    envelope: bytes,
+    ad: bytes,
+    now_ms: int | None = None,
+    max_drift: float = 60,
+) -> tuple[str, bytes | None]:
+    """Envelope v2, PROTOCOL.md section 3a: ("ok", plaintext) or (error name, None)."""
+    fail = ("DecryptionError", None)
+    if len(envelope) < 43 or envelope[0] != 2 or not 16 <= envelope[41] <= 32:
+        return fail
+    sig_len = envelope[41]
+    mode_at = 42 + sig_len
+    if len(envelope) < mode_at + 9 or envelope[mode_at] not in (1, 2):
+        return fail
+    mode = envelope[mode_at]
+    expires_at = int.from_bytes(envelope[mode_at + 1 : mode_at + 9], "big")
+    header_len = mode_at + 9 if mode == 1 else mode_at + 26
+    if len(envelope) < header_len:
+        return fail
+    header = envelope[:header_len]
+    key_id, seed = envelope[1:9], envelope[25:41]
+    tick, ts = struct.unpack(">QQ", envelope[9:25])
+    secret = next((s for s in secrets if ref_key_id(s) == key_id), None)
+    if secret is None:
+        return fail
+    sig = ref_signature(secret, ref_signed_bytes(key_id, tick, ts, seed), sig_len)
+    if not hmac.compare_digest(sig, envelope[42:mode_at]):
+        return fail
+    tick_info = key_id + tick.to_bytes(8, "big")
+    aad = header + ad
+    if mode == 1:
+        key = ref_hkdf(secret, seed, b"arraycrypto/v2 single-key" + tick_info)
+        nonce, body = envelope[header_len : header_len + 12], envelope[header_len + 12 :]
+        try:
+            plaintext = AESGCM(key).decrypt(nonce, body, aad)
+        except Exception:
+            return fail
+    else:
+        shift, salt = envelope[mode_at + 9], envelope[mode_at + 10 : mode_at + 26]
+        if not 10 <= shift <= 24:
+            return fail
+        stream_key = ref_hkdf(secret, seed, b"arraycrypto/v2 stream-key" + tick_info)
+        aead = AESGCM(ref_hkdf(stream_key, salt, b"arraycrypto/v2 payload-key"))
+        unit = (1 << shift) + 16
+        body = envelope[header_len:]
+        chunks = [body[i : i + unit] for i in range(0, len(body), unit)] or [b""]
+        final = chunks[-1]
+        if len(final) < 16 or (len(final) == 16 and len(chunks) > 1):
+            return fail
+        parts = []
+        for i, chunk in enumerate(chunks):
+            last = 1 if i == len(chunks) - 1 else 0
+            nonce = i.to_bytes(11, "big") + bytes([last])
+            try:
+                parts.append(AESGCM.decrypt(aead, nonce, chunk, aad))
+            except Exception:
+                return fail
+        plaintext = b"".join(parts)
+    if now_ms is None:
+        return ("NowRequiredError", None) if expires_at else ("ok", plaintext)
+    if ts - now_ms > max_drift * 1000:
+        return "SnapshotError", None
+    if expires_at and now_ms - expires_at > max_drift * 1000:
+        return "ExpiredError", None
+    return "ok", plaintext
+
+
 # -- the vectors -----------------------------------------------------------------------
 
 KEYS = load("key_schedule.json")
 SNAPS = load("snapshots.json")
 ENVS = load("envelopes.json")
 HANDS = load("handshake.json")
+ENV2 = load("envelopes_v2.json")
 
 
 @pytest.mark.parametrize("v", KEYS, ids=ids(KEYS))
@@ -175,6 +245,80 @@ def test_rotation_vector() -> None:
     for token, pt in zip(v["envelopes"], v["plaintexts"], strict=True):
         assert ring.decrypt(bytes.fromhex(token)).hex() == pt
         assert ref_decrypt(secrets, bytes.fromhex(token), b"") == bytes.fromhex(pt)
+
+
+@pytest.mark.parametrize("v", ENV2["valid"], ids=[v["description"] for v in ENV2["valid"]])
+def test_valid_envelopes_v2(v: dict[str, Any]) -> None:
+    secret = bytes.fromhex(v["secret"])
+    pt, ad = bytes.fromhex(v["plaintext"]), bytes.fromhex(v["associated_data"])
+    envelope = bytes.fromhex(v["envelope"])
+    ring = Keyring(secret)
+    cipher = ring.cipher(
+        ring.new_snapshot(v["tick"], bytes.fromhex(v["seed"]), v["timestamp"], v["hash_size"])
+    )
+    if "salt" in v:  # a stream: the same inputs make the same bytes
+        expires = v["expires_at"] or None
+        enc = cipher._stream_encryptor(ad, expires, v["segment_size"], bytes.fromhex(v["salt"]))
+        assert (enc.update(pt) + enc.finish()).hex() == v["envelope"]
+        decryptor = ring.stream_decryptor(ad, now_ms=v["timestamp"])
+        assert decryptor.update(envelope) + decryptor.finish() == pt
+    else:
+        token = cipher._encrypt(pt, ad, bytes.fromhex(v["nonce"]), v["expires_at"])
+        assert token.hex() == v["envelope"]
+    assert Keyring(secret).decrypt(envelope, ad, now_ms=v["timestamp"]) == pt
+    assert ref_v2([secret], envelope, ad, now_ms=v["timestamp"]) == ("ok", pt)
+
+
+@pytest.mark.parametrize("v", ENV2["invalid"], ids=[v["description"] for v in ENV2["invalid"]])
+def test_invalid_envelopes_v2(v: dict[str, Any]) -> None:
+    assert v["error"] == "DecryptionError"
+    secrets = [bytes.fromhex(s) for s in v["keyring"]]
+    envelope, ad = bytes.fromhex(v["envelope"]), bytes.fromhex(v["associated_data"])
+    ring = Keyring(secrets[0], old=secrets[1:])
+    with pytest.raises(DecryptionError, match=r"^decryption failed$"):
+        ring.decrypt(envelope, ad, now_ms=T0_V2)
+    # fed one byte at a time, the streaming decryptor fails too, and what it released
+    # before failing is a prefix of a genuine plaintext (the segments that verified)
+    released: list[bytes] = []
+    with pytest.raises(DecryptionError, match=r"^decryption failed$"):
+        feed_bytewise(ring.stream_decryptor(ad, now_ms=T0_V2), envelope, released)
+    out = b"".join(released)
+    genuine = (bytes(i % 251 for i in range(2500)), bytes(2048))
+    assert any(p.startswith(out) for p in genuine)
+    assert ref_v2(secrets, envelope, ad, now_ms=T0_V2) == ("DecryptionError", None)
+
+
+def feed_bytewise(decryptor: Any, envelope: bytes, released: list[bytes]) -> None:
+    for i in range(len(envelope)):
+        released.append(decryptor.update(envelope[i : i + 1]))
+    released.append(decryptor.finish())
+
+
+@pytest.mark.parametrize("v", ENV2["time"], ids=[v["description"] for v in ENV2["time"]])
+def test_time_vectors_v2(v: dict[str, Any]) -> None:
+    secret = bytes.fromhex(v["keyring"][0])
+    envelope = bytes.fromhex(v["envelope"])
+    now, drift = v["now_ms"], v["max_drift"]
+    errors = {
+        "ExpiredError": ExpiredError,
+        "SnapshotError": SnapshotError,
+        "NowRequiredError": NowRequiredError,
+    }
+    if v["error"] is None:
+        assert (
+            Keyring(secret).decrypt(envelope, now_ms=now, max_drift=drift).hex() == v["plaintext"]
+        )
+        assert ref_v2([secret], envelope, b"", now, drift) == ("ok", bytes.fromhex(v["plaintext"]))
+    else:
+        with pytest.raises(errors[v["error"]]) as caught:
+            Keyring(secret).decrypt(envelope, now_ms=now, max_drift=drift)
+        assert ref_v2([secret], envelope, b"", now, drift) == (v["error"], None)
+        if v["error"] == "ExpiredError":
+            assert isinstance(caught.value, SnapshotError)
+            assert "expired at 2026-01-01T00:01:00Z" in str(caught.value)
+
+
+T0_V2 = 1_767_225_600_000  # the vectors' snapshot time (scripts/gen_vectors.py T0)
 
 
 @pytest.mark.parametrize("v", HANDS, ids=ids(HANDS))

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from .common import client_main
 from .crypt import run_decrypt, run_encrypt
+from .peek import run_inspect
 from .serve import run_serve
 from .setup import run_client_config, run_keygen
 from .watch import run_watch
@@ -51,8 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     client_config.set_defaults(func=run_client_config)
 
     for name, func, text in (
-        ("encrypt", run_encrypt, "encrypt stdin to stdout (needs the server for a snapshot)"),
-        ("decrypt", run_decrypt, "decrypt stdin to stdout (offline: needs only the secret)"),
+        (
+            "encrypt",
+            run_encrypt,
+            "encrypt stdin to stdout (needs the server for a snapshot); above 1 MiB, as a"
+            " stream of 64 KiB segments in constant memory",
+        ),
+        (
+            "decrypt",
+            run_decrypt,
+            "decrypt stdin to stdout (offline: needs only the secret); any format",
+        ),
         ("watch", run_watch, "print each pushed snapshot as a JSON line until interrupted"),
     ):
         cmd = sub.add_parser(name, help=text)
@@ -62,12 +72,43 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--associated-data", default="", help="extra authenticated data (text)"
             )
+            cmd.add_argument("-i", "--input", help="read this file instead of stdin")
+            cmd.add_argument(
+                "-o",
+                "--output",
+                help="write this file (mode 0600, replaced only on success) instead of stdout",
+            )
+        if name == "encrypt":
+            cmd.add_argument(
+                "--expires-in",
+                type=_positive_seconds,
+                metavar="SECONDS",
+                help="every decrypt refuses the ciphertext after this long (plus max_drift)",
+            )
         if name == "decrypt":
             cmd.add_argument("--ttl", type=float, help="reject ciphertexts older than this (s)")
         if name == "watch":
             cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
         cmd.set_defaults(func=client_main, client_func=func)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="show an envelope's header (no config, no secret: nothing is verified)",
+    )
+    inspect.add_argument("-i", "--input", help="read this file instead of stdin")
+    inspect.add_argument("--json", action="store_true", help="one JSON object")
+    inspect.set_defaults(func=run_inspect)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 2**31:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,43 +1,151 @@
-"""``arraycrypto encrypt`` and ``decrypt``: stdin to stdout."""
+"""``arraycrypto encrypt`` and ``decrypt``: stdin (or ``--input``) to stdout (or ``--output``).
+
+Small inputs become one envelope (v1, or v2 single-shot with ``--expires-in``); inputs
+larger than :data:`SINGLE_SHOT_LIMIT` become an envelope v2 stream, encrypted in
+constant memory. ``decrypt`` tells the formats apart by their first bytes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-import time
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Final
 
 import anyio
 
 from ..core.config import CryptoConfig
+from ..core.envelope import SnapshotCipher
+from ..core.exceptions import CryptoError
 from ..core.keyring import Keyring
+from ..streaming import decrypt_file, encrypt_file, expires_at_ms
+from .progress import known_size, progress_bar
 
-__all__ = ["run_decrypt", "run_encrypt"]
+__all__ = ["SINGLE_SHOT_LIMIT", "run_decrypt", "run_encrypt"]
+
+#: Inputs up to this size are one AES-GCM message; larger ones a stream of segments.
+SINGLE_SHOT_LIMIT: Final = 1 << 20
+
+
+@contextlib.contextmanager
+def open_input(path: str | None) -> Iterator[BinaryIO]:
+    """Yield ``path`` opened for reading, or stdin's bytes for None (or ``-``)."""
+    if path is None or path == "-":
+        yield sys.stdin.buffer
+        return
+    with open(path, "rb") as f:
+        yield f
+
+
+@contextlib.contextmanager
+def open_output(path: str | None) -> Iterator[BinaryIO]:
+    """Yield a file that becomes ``path`` only if the block succeeds (else stdout's bytes).
+
+    The data goes to a temporary file (mode 0600) beside ``path``, renamed over it at
+    the end: a failed decryption never leaves a partial plaintext under the final name.
+    """
+    if path is None or path == "-":
+        yield sys.stdout.buffer
+        return
+    target = Path(path)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _read_up_to(src: BinaryIO, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := src.read(limit - size)):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def _fetch_cipher(config: CryptoConfig) -> SnapshotCipher:
+    """Connect, authenticate, and return the cipher of a fresh verified snapshot."""
+    from ..client import CryptoClient
+
+    async def main() -> SnapshotCipher:
+        async with CryptoClient(config) as client:
+            # Waits only while the connection attempt is in progress: a refused
+            # connection fails at once, saying so.
+            return await client.current_cipher()
+
+    # Return only the small cipher from anyio.run, never the ciphertext: CPython 3.11
+    # and 3.12's runner build a repr() of the result (seconds for hundreds of MB).
+    return anyio.run(main)
 
 
 def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
-    from ..client import CryptoClient
-
-    data = sys.stdin.buffer.read()
-
-    async def main() -> bytes:
-        async with CryptoClient(config) as client:
-            return await client.encrypt_message(data, args.associated_data.encode())
-
-    sys.stdout.buffer.write(anyio.run(main))
+    cipher = _fetch_cipher(config)
+    associated_data = args.associated_data.encode()
+    with open_input(args.input) as src, open_output(args.output) as dst:
+        total = known_size(src)
+        head = _read_up_to(src, SINGLE_SHOT_LIMIT + 1)
+        expires_at = expires_at_ms(args.expires_in)  # the sender's clock, as late as possible
+        if len(head) <= SINGLE_SHOT_LIMIT:
+            dst.write(cipher.encrypt(head, associated_data, expires_at=expires_at))
+            return 0
+        bar = progress_bar("encrypt", total)
+        try:
+            encrypt_file(
+                cipher, src, dst, associated_data, expires_at=expires_at, progress=bar, prefix=head
+            )
+        finally:
+            if bar is not None:
+                bar.close()
     return 0
 
 
 def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
     # Offline: the keyring alone decrypts; no server is contacted. The clock is always
-    # passed in: a ciphertext dated beyond max_drift in the future is refused, --ttl or not.
+    # read: a ciphertext dated beyond max_drift in the future is refused, --ttl or not.
     keyring = Keyring(config.secret_key, old=config.old_secret_keys, next=config.next_secret_keys)
-    now_ms = int(time.time() * 1000)
-    plaintext = keyring.decrypt(
-        sys.stdin.buffer.read(),
-        args.associated_data.encode(),
-        ttl=args.ttl,
-        now_ms=now_ms,
-        max_drift=config.max_drift,
-    )
-    sys.stdout.buffer.write(plaintext)
+    with open_input(args.input) as src, open_output(args.output) as dst:
+        bar = progress_bar("decrypt", known_size(src))
+        written = _Counting(dst)
+        try:
+            decrypt_file(
+                keyring,
+                src,
+                written,
+                args.associated_data.encode(),
+                ttl=args.ttl,
+                max_drift=config.max_drift,
+                progress=bar,
+            )
+        except CryptoError:
+            if written.count and args.output in (None, "-"):
+                print(
+                    "arraycrypto: the stream failed after some verified plaintext was"
+                    " written: that output is incomplete, discard it",
+                    file=sys.stderr,
+                )
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
     return 0
+
+
+class _Counting:
+    """A writer that counts what went through (to say whether partial output exists)."""
+
+    def __init__(self, dst: BinaryIO) -> None:
+        self.dst = dst
+        self.count = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int | None:
+        self.count += len(data)
+        return self.dst.write(data)

@@ -31,6 +31,7 @@ from ..core.handshake import SnapshotPolicy
 from ..core.keyring import Keyring
 from ..core.keys import Snapshot
 from ..net.logs import RateLimitedLog
+from ..streaming import decrypt_stream, encrypt_stream, expires_at_ms
 from .connector import Connector
 
 __all__ = ["ConnectionState", "CryptoClient", "SnapshotWatch"]
@@ -223,14 +224,28 @@ class CryptoClient:
         """
         await self._wait_cipher(across_attempts=True)
 
-    def encrypt(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
+    def encrypt(
+        self,
+        data: bytes | str,
+        associated_data: bytes = b"",
+        *,
+        expires_in: float | None = None,
+    ) -> bytes:
         """Encrypt now under the cached snapshot: no await, no I/O (the hot path).
 
-        Raises SnapshotError if there is no snapshot yet or it is older than max_drift.
+        ``expires_in`` (seconds) fixes an expiry in the ciphertext that every decrypter
+        enforces (envelope v2); without it the envelope is v1. Raises SnapshotError if
+        there is no snapshot yet or it may no longer encrypt.
         """
         if self._clock() > self._expires:
             raise self._no_snapshot()
-        return self._encrypt(data, associated_data)
+        if expires_in is None:
+            return self._encrypt(data, associated_data)
+        assert self._cipher is not None
+        return self._cipher.encrypt(data, associated_data, expires_at=self._expiry(expires_in))
+
+    def _expiry(self, expires_in: float) -> int | None:
+        return expires_at_ms(expires_in, clock=self._clock)
 
     def decrypt(
         self,
@@ -242,34 +257,91 @@ class CryptoClient:
     ) -> bytes:
         """Decrypt with the keyring alone: never needs the server.
 
-        Raises the opaque DecryptionError for anything that does not decrypt, and
-        SnapshotError if ``ttl`` (seconds) is given and the ciphertext is older, or it is
-        dated beyond ``max_drift`` in the future.
+        Raises the opaque DecryptionError for anything that does not decrypt, and a
+        SnapshotError if the ciphertext is dated beyond ``max_drift`` in the future, is
+        older than ``ttl`` (seconds, if given), or is past the expiry its sender set
+        (:class:`~arraycrypto.ExpiredError`).
         """
-        now_ms = int(self._clock() * 1000) if ttl is not None else None
         return self.keyring.decrypt(
             data,
             associated_data,
             ttl=ttl,
-            now_ms=now_ms,
+            now_ms=int(self._clock() * 1000),
             max_drift=self.config.max_drift,
             chunked=chunked,
         )
 
-    async def encrypt_message(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
+    async def encrypt_message(
+        self,
+        data: bytes | str,
+        associated_data: bytes = b"",
+        *,
+        expires_in: float | None = None,
+    ) -> bytes:
         """Encrypt ``str`` (as UTF-8) or ``bytes`` under the cached snapshot.
 
         Without a fresh snapshot it waits (at most ``snapshot_timeout``) only while a
         connection attempt or handshake is in progress, for the snapshot it brings; with
         no attempt in progress (the server is down, the client waits to retry) it raises
-        SnapshotError at once, saying why.
+        SnapshotError at once, saying why. ``expires_in``: see :meth:`encrypt`.
         """
-        cipher = self._cipher
-        if cipher is None or self._clock() > self._expires:
-            cipher = await self._wait_cipher(across_attempts=False)
+        cipher = self._fresh() or await self._wait_cipher(across_attempts=False)
+        expires_at = None if expires_in is None else self._expiry(expires_in)
         if len(data) >= OFFLOAD_SIZE:
-            return await anyio.to_thread.run_sync(cipher.encrypt_chunked, data, associated_data)
-        return cipher.encrypt(data, associated_data)
+            return await anyio.to_thread.run_sync(
+                lambda: cipher.encrypt_chunked(data, associated_data, expires_at=expires_at)
+            )
+        return cipher.encrypt(data, associated_data, expires_at=expires_at)
+
+    async def current_cipher(self) -> SnapshotCipher:
+        """The cipher of the current verified snapshot, waiting as :meth:`encrypt_message` does.
+
+        For callers that encrypt many payloads or into their own buffers
+        (:meth:`SnapshotCipher.encrypt_into`); it may encrypt until the snapshot expires
+        (see :attr:`snapshot` and ``max_drift``).
+        """
+        return self._fresh() or await self._wait_cipher(across_attempts=False)
+
+    async def encrypt_stream(
+        self,
+        source: anyio.abc.ByteReceiveStream,
+        sink: anyio.abc.ByteSendStream,
+        associated_data: bytes = b"",
+        *,
+        expires_in: float | None = None,
+    ) -> int:
+        """Encrypt everything ``source`` sends, in constant memory, into ``sink``.
+
+        An envelope v2 stream under the cached snapshot (waiting for one as
+        :meth:`encrypt_message` does); returns the plaintext size. ``sink`` stays open.
+        """
+        cipher = self._fresh() or await self._wait_cipher(across_attempts=False)
+        return await encrypt_stream(
+            cipher, source, sink, associated_data, expires_in=expires_in, clock=self._clock
+        )
+
+    async def decrypt_stream(
+        self,
+        source: anyio.abc.ByteReceiveStream,
+        sink: anyio.abc.ByteSendStream,
+        associated_data: bytes = b"",
+        *,
+        ttl: float | None = None,
+    ) -> int:
+        """Decrypt any envelope ``source`` sends into ``sink``, a verified segment at a time.
+
+        Returns the plaintext size. On a DecryptionError, what ``sink`` received is a
+        true prefix but not the whole: discard it.
+        """
+        return await decrypt_stream(
+            self.keyring,
+            source,
+            sink,
+            associated_data,
+            ttl=ttl,
+            max_drift=self.config.max_drift,
+            clock=self._clock,
+        )
 
     async def decrypt_message(
         self,
@@ -322,6 +394,11 @@ class CryptoClient:
             f" {down}{detail}"
         )
 
+    def _fresh(self) -> SnapshotCipher | None:
+        """The cached cipher if it may still encrypt (the policy's expiry), else None."""
+        cipher = self._cipher
+        return cipher if cipher is not None and self._clock() <= self._expires else None
+
     async def _wait_cipher(self, *, across_attempts: bool) -> SnapshotCipher:
         """Wait (at most ``snapshot_timeout``) for a fresh snapshot.
 
@@ -331,12 +408,12 @@ class CryptoClient:
         """
         with anyio.move_on_after(self.config.snapshot_timeout):
             while True:
-                cipher = self._cipher
-                if cipher is not None and self._clock() <= self._expires:
+                cipher = self._fresh()
+                if cipher is not None:
                     return cipher
                 if self._state in (ConnectionState.IDLE, ConnectionState.CLOSED):
                     break
-                if self._auth_error is not None and cipher is None:
+                if self._auth_error is not None and self._cipher is None:
                     raise AuthenticationError(str(self._auth_error))
                 if not across_attempts and self._state is ConnectionState.DISCONNECTED:
                     break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -11,6 +12,7 @@ import anyio.from_thread
 
 from ..core.config import CryptoConfig
 from ..core.exceptions import CryptoError, SnapshotError
+from ..streaming import BinaryReader, BinaryWriter, decrypt_file, encrypt_file
 from .client import CryptoClient
 
 __all__ = ["SyncCryptoClient"]
@@ -77,12 +79,22 @@ class SyncCryptoClient:
         """Block until authenticated with a snapshot cached; see CryptoClient."""
         self._call(self._client.authenticate)
 
-    def encrypt_message(self, data: bytes | str, associated_data: bytes = b"") -> bytes:
+    def encrypt_message(
+        self,
+        data: bytes | str,
+        associated_data: bytes = b"",
+        *,
+        expires_in: float | None = None,
+    ) -> bytes:
         """Encrypt in the calling thread; waits (bounded) for a snapshot if none yet."""
         try:
-            return self._client.encrypt(data, associated_data)
+            return self._client.encrypt(data, associated_data, expires_in=expires_in)
         except SnapshotError:
-            result: bytes = self._call(self._client.encrypt_message, data, associated_data)
+            result: bytes = self._call(
+                partial(self._client.encrypt_message, expires_in=expires_in),
+                data,
+                associated_data,
+            )
             return result
 
     def decrypt_message(
@@ -97,3 +109,43 @@ class SyncCryptoClient:
 
     encrypt = encrypt_message
     decrypt = decrypt_message
+
+    def encrypt_file(
+        self,
+        src: BinaryReader,
+        dst: BinaryWriter,
+        associated_data: bytes = b"",
+        *,
+        expires_in: float | None = None,
+    ) -> int:
+        """Encrypt a binary file into another, in constant memory (an envelope v2 stream).
+
+        Runs in the calling thread once a snapshot is cached; returns the plaintext size.
+        """
+        client = self._client
+        cipher = client._fresh()
+        if cipher is None:  # wait, bounded, as encrypt_message does
+            cipher = self._call(partial(client._wait_cipher, across_attempts=False))
+        return encrypt_file(
+            cipher, src, dst, associated_data, expires_in=expires_in, clock=client._clock
+        )
+
+    def decrypt_file(
+        self,
+        src: BinaryReader,
+        dst: BinaryWriter,
+        associated_data: bytes = b"",
+        *,
+        ttl: float | None = None,
+    ) -> int:
+        """Decrypt any envelope from a binary file into another, in constant memory."""
+        client = self._client
+        return decrypt_file(
+            client.keyring,
+            src,
+            dst,
+            associated_data,
+            ttl=ttl,
+            max_drift=client.config.max_drift,
+            clock=client._clock,
+        )

@@ -1,11 +1,15 @@
 """The pure core: everything arraycrypto decides, with no I/O.
 
 No module here imports anyio, a socket or an event loop, or reads a clock (a test
-enforces it); time and randomness are passed in. The drivers in ``arraycrypto.net``,
-``arraycrypto.server`` and ``arraycrypto.client`` only move bytes and time.
+enforces it); time and randomness are passed in. The drivers in ``arraycrypto.server``,
+``arraycrypto.client`` and ``arraycrypto.streaming`` only move bytes and time.
 
 - ``keys``: secrets, the key schedule, signed snapshots
-- ``envelope``: envelope v1, one AES-256-GCM message under a snapshot's key
+- ``envelope``: ``SnapshotCipher``: envelope v1, v2 single with an expiry, new streams
+- ``envelope2``: the envelope v2 header, single-shot decryption, the time rules
+- ``stream``: Sans-I/O stream encryptor and decryptor (STREAM segments)
+- ``peek``: what a header claims, read with no secret
+- ``isotime``: ISO 8601 text for millisecond times, without ``datetime``
 - ``keyring``: which secrets sign and which only decrypt; the decrypt hot path
 - ``messages``: the wire messages (JSON text frames)
 - ``handshake``: the handshake and snapshot rules of one session

@@ -7,6 +7,7 @@ catches them all (the seed's "general encryption error")::
     ├── ConfigError            a configuration file or value is invalid (caller's fault)
     ├── AuthenticationError    the mutual handshake failed (wrong secret, bad server proof)
     ├── SnapshotError          no usable snapshot: none yet, expired, or a ciphertext out of ttl
+    │   └── ExpiredError       an authentic ciphertext is past the expiry its sender set
     ├── DecryptionError        one opaque error for every ciphertext that does not decrypt
     └── ProtocolError          the peer broke the wire protocol (peer's fault)
 
@@ -15,11 +16,14 @@ No message of any of these ever contains a secret, a derived key or a MAC.
 
 from __future__ import annotations
 
+from .isotime import iso8601_utc
+
 __all__ = [
     "AuthenticationError",
     "ConfigError",
     "CryptoError",
     "DecryptionError",
+    "ExpiredError",
     "ProtocolError",
     "SnapshotError",
 ]
@@ -39,6 +43,22 @@ class AuthenticationError(CryptoError):
 
 class SnapshotError(CryptoError):
     """Raised when no valid, fresh snapshot is available, or a ciphertext is out of ttl."""
+
+
+class ExpiredError(SnapshotError):
+    """Raised when an authentic ciphertext is past the expiry (``expires_at``) its sender set.
+
+    Only ever raised after the ciphertext authenticated, so the expiry is the sender's.
+    The message says when it expired (ISO 8601, UTC); ``expires_at`` holds it in
+    milliseconds since the epoch.
+    """
+
+    def __init__(self, expires_at: int) -> None:
+        self.expires_at = expires_at
+        super().__init__(f"ciphertext expired at {iso8601_utc(expires_at)}")
+
+    def __reduce__(self) -> tuple[type[ExpiredError], tuple[int]]:
+        return type(self), (self.expires_at,)
 
 
 class DecryptionError(CryptoError):

@@ -11,8 +11,10 @@ from typing import Final, NoReturn
 from cryptography.exceptions import InvalidTag
 
 from .envelope import SnapshotCipher
+from .envelope2 import NowRequiredError, decrypt_v2
 from .exceptions import DecryptionError, SnapshotError
 from .keys import (
+    ENVELOPE_V2,
     ENVELOPE_VERSION,
     MAX_SIGNATURE_SIZE,
     MIN_SIGNATURE_SIZE,
@@ -21,6 +23,7 @@ from .keys import (
     Snapshot,
     unpack_snapshot_body,
 )
+from .stream import StreamDecryptor
 
 __all__ = ["CACHE_SIZE", "Keyring"]
 
@@ -124,7 +127,7 @@ class Keyring:
         return None if key is None else self._remember(header, snapshot, key)
 
     def _remember(self, header: bytes, snapshot: Snapshot, key: Key) -> SnapshotCipher:
-        cipher = SnapshotCipher(snapshot, key.data_key(snapshot))
+        cipher = SnapshotCipher(snapshot, key.data_key(snapshot), key)
         self._store(header, cipher)
         return cipher
 
@@ -136,9 +139,16 @@ class Keyring:
                 del self._ciphers[next(iter(self._ciphers))]
         self._ciphers[header] = cipher
 
-    def encrypt(self, snapshot: Snapshot, data: bytes | str, associated_data: bytes = b"") -> bytes:
-        """Encrypt ``data`` under ``snapshot`` (verified once, then cached)."""
-        return self.cipher(snapshot).encrypt(data, associated_data)
+    def encrypt(
+        self,
+        snapshot: Snapshot,
+        data: bytes | str,
+        associated_data: bytes = b"",
+        *,
+        expires_at: int | None = None,
+    ) -> bytes:
+        """Encrypt ``data`` under ``snapshot`` (verified once, then cached); see SnapshotCipher."""
+        return self.cipher(snapshot).encrypt(data, associated_data, expires_at=expires_at)
 
     def decrypt(
         self,
@@ -150,14 +160,17 @@ class Keyring:
         max_drift: float = 60.0,
         chunked: bool = False,
     ) -> bytes:
-        """Decrypt an envelope v1 and return the plaintext.
+        """Decrypt an envelope (v1, v2 single or v2 stream) and return the plaintext.
 
         Any failure to authenticate raises the one opaque :class:`DecryptionError`.
         When ``now_ms`` (milliseconds since the epoch) is given, an authentic ciphertext
         whose snapshot is older than ``ttl`` seconds, or dated more than ``max_drift``
-        seconds in the future, raises :class:`SnapshotError`. ``ttl`` needs ``now_ms``:
-        this module never reads the clock. ``chunked`` decrypts a large envelope in
-        1 MiB steps (see :meth:`SnapshotCipher.encrypt_chunked`), for worker threads.
+        seconds in the future, raises :class:`SnapshotError`, and one more than
+        ``max_drift`` past the expiry its sender set raises :class:`ExpiredError`.
+        ``ttl`` needs ``now_ms``: this module never reads the clock; so does a
+        ciphertext that carries an expiry (:class:`NowRequiredError`, a ``TypeError``).
+        ``chunked`` decrypts a large envelope in 1 MiB steps (see
+        :meth:`SnapshotCipher.encrypt_chunked`), for worker threads.
         """
         if ttl is not None and now_ms is None:
             raise TypeError("ttl needs now_ms: pass the current time in milliseconds")
@@ -171,6 +184,8 @@ class Keyring:
             cipher = self._ciphers.get(header)
             new = cipher is None
             if cipher is None:
+                if data[0] == ENVELOPE_V2:  # off the v1 hot path: v2 headers miss the cache
+                    return decrypt_v2(self, data, associated_data, ttl, now_ms, max_drift, chunked)
                 cipher = self._header_cipher(header)
             aad = header + associated_data if associated_data else header
             if len(data) > 4096:
@@ -182,6 +197,8 @@ class Keyring:
                     plaintext = cipher._aead.decrypt(view[end : end + 12], view[end + 12 :], aad)
             else:
                 plaintext = cipher._aead.decrypt(data[end : end + 12], data[end + 12 :], aad)
+        except NowRequiredError:
+            raise  # the caller's mistake, not the ciphertext's
         except (IndexError, TypeError, ValueError, InvalidTag, DecryptionError):
             # AES-GCM rejects a short body or a bad tag before returning anything.
             raise DecryptionError from None
@@ -194,6 +211,35 @@ class Keyring:
             if ttl is not None and now_ms - stamp > ttl * 1000:
                 raise SnapshotError("ciphertext is older than its ttl")
         return plaintext
+
+    def cipher_for_header(self, header: bytes) -> tuple[SnapshotCipher, bool]:
+        """The verified cipher of an envelope v1 header (``signed_bytes || L || sig``).
+
+        Returns it with whether it came from the cache; one verified now is not cached
+        (call :meth:`decrypted` once a ciphertext under it decrypted). Envelope v2 uses
+        it with its header's first byte set back to 1. Raises the opaque
+        :class:`DecryptionError` if no key of this keyring signed it.
+        """
+        cipher = self._ciphers.get(header)
+        if cipher is not None:
+            return cipher, True
+        return self._header_cipher(header), False
+
+    def decrypted(self, header: bytes, cipher: SnapshotCipher) -> None:
+        """Cache ``cipher`` for ``header``: a ciphertext under it just decrypted."""
+        if header not in self._ciphers:
+            self._store(header, cipher)
+
+    def stream_decryptor(
+        self,
+        associated_data: bytes = b"",
+        *,
+        now_ms: int | None = None,
+        ttl: float | None = None,
+        max_drift: float = 60.0,
+    ) -> StreamDecryptor:
+        """Return a :class:`StreamDecryptor` for one envelope v2 stream (time rules as decrypt)."""
+        return StreamDecryptor(self, associated_data, now_ms=now_ms, ttl=ttl, max_drift=max_drift)
 
     def _header_cipher(self, header: bytes) -> SnapshotCipher:
         """The cipher of an envelope header whose signature verifies (not cached)."""
@@ -209,4 +255,4 @@ class Keyring:
         key = self.verify(snapshot)
         if key is None:
             raise DecryptionError
-        return SnapshotCipher(snapshot, key.data_key(snapshot))
+        return SnapshotCipher(snapshot, key.data_key(snapshot), key)

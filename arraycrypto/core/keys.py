@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
     "CHALLENGE_SIZE",
+    "ENVELOPE_V2",
     "ENVELOPE_VERSION",
     "KEY_ID_SIZE",
     "MAX_SIGNATURE_SIZE",
@@ -35,10 +36,13 @@ __all__ = [
     "Snapshot",
     "generate_secret",
     "handshake_transcript",
+    "payload_key",
     "unpack_snapshot_body",
 ]
 
 ENVELOPE_VERSION: Final = 1
+#: The first byte of every envelope v2 (single or stream, PROTOCOL.md section 3a).
+ENVELOPE_V2: Final = 2
 KEY_ID_SIZE: Final = 8
 SEED_SIZE: Final = 16
 NONCE_SIZE: Final = 12
@@ -56,6 +60,10 @@ LABEL_SNAPSHOT_MAC: Final = b"arraycrypto/v1 snapshot-mac"
 LABEL_CLIENT_PROOF: Final = b"arraycrypto/v1 client-proof"
 LABEL_SERVER_PROOF: Final = b"arraycrypto/v1 server-proof"
 LABEL_DATA_KEY: Final = b"arraycrypto/v1 data-key"
+# Envelope v2 (section 3a): its own labels, so no v2 key can equal a v1 key.
+LABEL_SINGLE_KEY_V2: Final = b"arraycrypto/v2 single-key"
+LABEL_STREAM_KEY_V2: Final = b"arraycrypto/v2 stream-key"
+LABEL_PAYLOAD_KEY_V2: Final = b"arraycrypto/v2 payload-key"
 
 #: The version of the WebSocket session (PROTOCOL.md, section 5); 2 proves every field.
 PROTOCOL_VERSION: Final = 2
@@ -166,6 +174,19 @@ class Key:
         info = LABEL_DATA_KEY + snapshot.key_id + snapshot.tick.to_bytes(8, "big")
         return _hkdf(self._secret, snapshot.seed, info)
 
+    def single_key(self, snapshot: Snapshot) -> bytes:
+        """Return the AES-256 key of single-shot envelopes v2 under ``snapshot`` (unverified)."""
+        info = LABEL_SINGLE_KEY_V2 + snapshot.key_id + snapshot.tick.to_bytes(8, "big")
+        return _hkdf(self._secret, snapshot.seed, info)
+
+    def stream_key(self, snapshot: Snapshot) -> bytes:
+        """Return the key that derives ``snapshot``'s per-stream payload keys (unverified).
+
+        It is only ever HKDF input (see :func:`payload_key`), never an AES key.
+        """
+        info = LABEL_STREAM_KEY_V2 + snapshot.key_id + snapshot.tick.to_bytes(8, "big")
+        return _hkdf(self._secret, snapshot.seed, info)
+
     # -- handshake proofs ----------------------------------------------------------------
 
     def client_proof(self, transcript: bytes) -> bytes:
@@ -201,6 +222,11 @@ def handshake_transcript(
     return _TRANSCRIPT.pack(
         LABEL_HANDSHAKE, PROTOCOL_VERSION, key_id, tick_interval_ms, challenge, nonce
     )
+
+
+def payload_key(stream_key: bytes, salt: bytes) -> bytes:
+    """Return the AES-256 key of one stream: HKDF(stream_key, salt, "…payload-key")."""
+    return _hkdf(stream_key, salt, LABEL_PAYLOAD_KEY_V2)
 
 
 def unpack_snapshot_body(body: bytes) -> tuple[int, bytes, int, int, bytes]:
