@@ -87,6 +87,31 @@ def snapshots() -> list[dict[str, Any]]:
     return out
 
 
+def tick_snapshots() -> list[dict[str, Any]]:
+    """Each tick's snapshot, the same from every server with the secret (section 2)."""
+    out = []
+    for secret, tick, interval_ms, size in (
+        (SECRET_A, 1_767_225_600, 1000, 16),
+        (SECRET_A, 1_767_225_601, 1000, 16),
+        (SECRET_A, 883_612_800, 2000, 16),  # the same instant at another interval
+        (SECRET_B, 7_068_902_400, 250, 32),
+    ):
+        s = Keyring(secret).tick_snapshot(tick, interval_ms, size)
+        out.append(
+            {
+                "secret": secret.hex(),
+                "tick": tick,
+                "interval_ms": interval_ms,
+                "hash_size": size,
+                "seed": s.seed.hex(),
+                "timestamp": s.timestamp,
+                "signature": s.signature.hex(),
+                "json": m.encode(m.SnapshotMessage.from_snapshot(s)).decode(),
+            }
+        )
+    return out
+
+
 def _snap(secret: bytes, tick: int = 7, ts: int = T0, size: int = 16) -> Snapshot:
     return Keyring(secret).new_snapshot(tick, bytes(range(16, 32)), ts, size)
 
@@ -443,6 +468,7 @@ def build() -> dict[str, bytes]:
         "envelopes.json": envelopes(),
         "envelopes_v2.json": envelopes_v2(),
         "handshake.json": handshakes(),
+        "tick_snapshots.json": tick_snapshots(),
     }
     return {
         name: (json.dumps({"origin": ORIGIN, "vectors": data}, indent=2) + "\n").encode()

@@ -164,6 +164,7 @@ KEYS = load("key_schedule.json")
 SNAPS = load("snapshots.json")
 ENVS = load("envelopes.json")
 HANDS = load("handshake.json")
+TICKS = load("tick_snapshots.json")
 ENV2 = load("envelopes_v2.json")
 
 
@@ -200,6 +201,22 @@ def test_snapshots(v: dict[str, Any]) -> None:
     wire = m.decode(v["json"])
     assert isinstance(wire, m.SnapshotMessage)
     assert ring.verify(wire.to_snapshot()) is not None
+
+
+@pytest.mark.parametrize("v", TICKS, ids=ids(TICKS))
+def test_tick_snapshots(v: dict[str, Any]) -> None:
+    # From the spec alone: the seed comes from the secret, the tick and the interval.
+    secret = bytes.fromhex(v["secret"])
+    seed_key = ref_hkdf(secret, None, b"arraycrypto/v2 snapshot-seed")
+    tick, interval_ms = v["tick"], v["interval_ms"]
+    message = tick.to_bytes(8, "big") + interval_ms.to_bytes(4, "big")
+    seed = hmac.digest(seed_key, message, "sha256")[:16]
+    assert seed.hex() == v["seed"]
+    assert tick * interval_ms == v["timestamp"]
+    body = ref_signed_bytes(ref_key_id(secret), tick, v["timestamp"], seed)
+    assert ref_signature(secret, body, v["hash_size"]).hex() == v["signature"]
+    s = Keyring(secret).tick_snapshot(tick, interval_ms, v["hash_size"])
+    assert json.loads(m.encode(m.SnapshotMessage.from_snapshot(s))) == json.loads(v["json"])
 
 
 @pytest.mark.parametrize("v", ENVS["valid"], ids=ids(ENVS["valid"]))

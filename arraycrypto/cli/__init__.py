@@ -40,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="asyncio",
         help="event loop (uvloop: asyncio on uvloop, if installed)",
     )
+    serve.add_argument(
+        "--workers",
+        default="1",
+        help="worker processes on the one port (auto: one per core); default 1",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Set by the supervisor of --workers for each worker it starts.
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--metrics-dir", help=argparse.SUPPRESS)
     serve.set_defaults(func=run_serve)
 
     client_config = sub.add_parser(

@@ -1,4 +1,16 @@
-"""``arraycrypto serve``: run the push server until a signal stops it."""
+"""``arraycrypto serve``: run the push server until a signal stops it.
+
+Signals, as operators expect them:
+
+- SIGHUP: reload the config file (secret, TLS certificate, limits, CORS, log level);
+  a config that fails to load is logged in one line and the old one stays in force.
+- SIGTERM: with ``drain_seconds`` > 0, lame-duck mode (``/health`` 503, clients closed
+  with 1001 spread over the window), then exit 0; else close everyone at once.
+- SIGINT: as SIGTERM; a second SIGINT (or SIGTERM) stops at once.
+
+With ``--workers N`` the process supervises N workers on the same port
+(:mod:`.supervise`); each worker runs this.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +18,22 @@ import argparse
 import importlib.util
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 import msgspec
 
 from ..core.config import ServerConfig, load_server_config
 from ..core.exceptions import ConfigError
-from .common import setup_logging
+from .common import apply_log_level, setup_logging
 
-__all__ = ["run_serve"]
+if TYPE_CHECKING:
+    from ..server import Server
+
+__all__ = ["load", "run_serve"]
 
 logger = logging.getLogger("arraycrypto")
 
@@ -26,39 +44,51 @@ def _backend(name: str) -> tuple[str, dict[str, object]]:
     return name, {}
 
 
+def load(args: argparse.Namespace, *, create: bool = True) -> ServerConfig:
+    """The config file with the command line's overrides (the same at every reload)."""
+    config = load_server_config(Path(args.config), create=create)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
+    return config
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    """Serve until a signal stops it; 0 on a clean stop."""
+    if args.workers != "1" and args.worker is None:
+        from .supervise import supervise
+
+        return supervise(args)
     # The server pulls in websockets; keygen does not need it.
     from ..server import Server
     from ..server.tuning import tune_process
 
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, worker=args.worker)
     if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
         logger.error("--backend uvloop needs uvloop: pip install uvloop")
         return 2
     path = Path(args.config)
     created = not path.exists()
     try:
-        config = load_server_config(path)
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        if overrides:
-            config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
-        server = Server(config)
+        config = load(args)
+        server = Server(config, worker=args.worker, metrics_dir=args.metrics_dir)
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
-    logger.info("%s config %s", "created" if created else "using", path.resolve())
+    if args.worker is None:
+        logger.info("%s config %s", "created" if created else "using", path.resolve())
+    if not args.verbose:
+        apply_log_level(config.log_level)
     # Process-wide settings are the application's, and this is the application.
     tune_process(config.max_connections)
 
     async def main() -> None:
-        # Listen for signals before serving, so an early SIGTERM still exits cleanly.
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Listen for signals before serving, so an early one is not missed.
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with anyio.open_signal_receiver(*signals) as received:
             async with anyio.create_task_group() as tg:
-                await tg.start(server.run)
-                async for signum in signals:
-                    logger.info("received %s, closing connections", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    break
+                await tg.start(server.run, args.workers != "1")
+                await _until_stopped(server, received, tg, args)
 
     backend, options = _backend(args.backend)
     failed: BaseExceptionGroup[OSError] | None = None
@@ -72,3 +102,45 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     logger.info("stopped")
     return 0
+
+
+async def _until_stopped(
+    server: Server,
+    received: AsyncIterator[int],
+    tg: anyio.abc.TaskGroup,
+    args: argparse.Namespace,
+) -> None:
+    """Act on signals: reload on SIGHUP, drain then stop on SIGTERM/SIGINT."""
+    draining = False
+    async for signum in received:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            _reload(server, args)
+            continue
+        seconds = server.config.drain_seconds
+        if draining or not seconds:
+            logger.info("received %s, closing connections", name)
+            tg.cancel_scope.cancel()
+            return
+        logger.info("received %s, draining for %.1f s (again to stop at once)", name, seconds)
+        draining = True
+
+        tg.start_soon(_drain_then_stop, server, seconds, tg)
+
+
+async def _drain_then_stop(server: Server, seconds: float, tg: anyio.abc.TaskGroup) -> None:
+    await server.drain(seconds)
+    logger.info("drained, closing what is left")
+    tg.cancel_scope.cancel()
+
+
+def _reload(server: Server, args: argparse.Namespace) -> None:
+    """Re-read the config file; on any error keep the running config, in one line."""
+    try:
+        config = load(args, create=False)
+        server.reload(config)
+    except ConfigError as exc:
+        logger.error("reload failed, keeping the running config: %s", exc)
+        return
+    if not args.verbose:
+        apply_log_level(config.log_level)

@@ -1,28 +1,44 @@
-"""``arraycrypto watch``: print each verified snapshot as a JSON line."""
+"""``arraycrypto watch``: print each verified snapshot as a JSON line.
+
+SIGHUP re-reads the client config (rotation) without reconnecting; SIGINT/SIGTERM stop.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
 import anyio
 
 from ..core import messages as m
-from ..core.config import CryptoConfig
+from ..core.config import CryptoConfig, load_client_config
+from ..core.exceptions import CryptoError
 
 __all__ = ["run_watch"]
+
+logger = logging.getLogger("arraycrypto")
 
 
 def run_watch(args: argparse.Namespace, config: CryptoConfig) -> int:
     from ..client import CryptoClient
 
     async def main() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        received = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with anyio.open_signal_receiver(*received) as signals:
             async with anyio.create_task_group() as tg, CryptoClient(config) as client:
 
                 async def stop() -> None:
-                    async for _ in signals:
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:  # re-read the config, keep watching
+                            try:
+                                client.reload(load_client_config(args.config))
+                            except CryptoError as exc:
+                                logger.error("reload failed, keeping the config: %s", exc)
+                            else:
+                                logger.warning("reloaded %s", args.config)
+                            continue
                         tg.cancel_scope.cancel()
                         return
 

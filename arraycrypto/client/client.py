@@ -113,6 +113,7 @@ class CryptoClient:
         self._policy = SnapshotPolicy(
             self.keyring, max_drift=self.config.max_drift, min_signature_size=self.config.hash_size
         )
+        self._connector = Connector(self.config, self._policy, self, clock)
         self._cipher: SnapshotCipher | None = None
         # The hot path reads only these two: the cached snapshot's bound encrypt, and
         # the wall-clock second after which it may no longer encrypt (0: no snapshot),
@@ -146,8 +147,7 @@ class CryptoClient:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._set_state(ConnectionState.CONNECTING)
-        connector = Connector(self.config, self._policy, self, self._clock)
-        self._tg.start_soon(connector.run, name="arraycrypto client connection")
+        self._tg.start_soon(self._connector.run, name="arraycrypto client connection")
         return self
 
     async def __aexit__(
@@ -213,6 +213,35 @@ class CryptoClient:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    def reload(self, config: CryptoConfig | str | os.PathLike[str]) -> None:
+        """Use a new configuration from now on, without a restart.
+
+        For rotation (a new ``secret_key``, ``next_secret_keys``, ``old_secret_keys``) and
+        any other field. The connection stays up and the cached snapshot keeps serving,
+        unless the new config no longer trusts the key that signed it: then the cached
+        snapshot is dropped and the client reconnects, to a server it trusts. What the
+        client accepted before (the newest key, the last timestamp) still counts.
+        """
+        new = config if isinstance(config, CryptoConfig) else load_client_config(config)
+        keyring = Keyring(new.secret_key, old=new.old_secret_keys, next=new.next_secret_keys)
+        self._policy.reconfigure(keyring, max_drift=new.max_drift, min_signature_size=new.hash_size)
+        self.config = new
+        self.keyring = keyring
+        self._connector.reload(new)
+        cipher = self._cipher
+        if cipher is not None and keyring.trust_rank(cipher.snapshot.key_id) is None:
+            logger.warning(
+                "reloaded: key id %s is no longer trusted to sign; reconnecting",
+                cipher.snapshot.key_id.hex(),
+            )
+            self._cipher = None
+            self._encrypt = _no_cipher
+            self._expires = 0.0
+            self._connector.restart()
+        elif cipher is not None:
+            self._expires = self._policy.expires_at(cipher.snapshot)
+        self._notify()
 
     # -- the public API ------------------------------------------------------------------
 
@@ -285,6 +314,9 @@ class CryptoClient:
         no attempt in progress (the server is down, the client waits to retry) it raises
         SnapshotError at once, saying why. ``expires_in``: see :meth:`encrypt`.
         """
+        # The hot path first, as lean as the sync encrypt: a fresh snapshot, no expiry.
+        if expires_in is None and self._clock() <= self._expires and len(data) < OFFLOAD_SIZE:
+            return self._encrypt(data, associated_data)
         cipher = self._fresh() or await self._wait_cipher(across_attempts=False)
         expires_at = None if expires_in is None else self._expiry(expires_in)
         if len(data) >= OFFLOAD_SIZE:

@@ -133,6 +133,19 @@ class Connector:
         self._clock = clock
         self._urls = [config.server_url, *config.server_urls]
         self._ssl: ssl.SSLContext | None = None
+        self._attempt: anyio.CancelScope | None = None
+
+    def reload(self, config: CryptoConfig) -> None:
+        """Use ``config`` from the next attempt on (URLs, timeouts, CA bundle)."""
+        if config.ca_file != self.config.ca_file:
+            self._ssl = None
+        self.config = config
+        self._urls = [config.server_url, *config.server_urls]
+
+    def restart(self) -> None:
+        """End the current attempt (if any): the next one starts at once."""
+        if self._attempt is not None:
+            self._attempt.cancel()
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -149,7 +162,10 @@ class Connector:
             subscribed = False
             error: BaseException | None = None
             try:
-                subscribed = await self._connect_once(url)
+                with anyio.CancelScope() as self._attempt:
+                    subscribed = await self._connect_once(url)
+                if self._attempt.cancelled_caught:
+                    subscribed = True  # restarted on purpose: again at once, same URL
             except AuthenticationError as exc:
                 logger.error("%s: %s", url, exc)
                 error = exc

@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 _MAX_CONFIG_FILE = 1 << 20
+#: The log levels a config may name.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _secret(value: object, field: str) -> bytes:
@@ -99,10 +101,18 @@ class ServerConfig(_Config, kw_only=True):
     cors_origins: list[str] = msgspec.field(default_factory=list)
     tls_certfile: str | None = None
     tls_keyfile: str | None = None
+    #: On SIGTERM, seconds to close clients gradually (lame duck) before exiting; 0:
+    #: close them all at once.
+    drain_seconds: float = 0.0
+    #: The server's log level: debug, info, warning or error (reloadable).
+    log_level: str = "info"
 
     def __post_init__(self) -> None:
         self.secret_key = _secret(self.secret_key, "secret_key")
         _check_range("tick_interval", self.tick_interval, 0.01, 3600)
+        _check_range("drain_seconds", self.drain_seconds, 0, 3600)
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"`log_level` must be one of {', '.join(LOG_LEVELS)}")
         _check_range("port", self.port, 0, 65535)
         _check_range("hash_size", self.hash_size, 16, 32)
         _check_range("max_connections", self.max_connections, 1, 1_000_000)

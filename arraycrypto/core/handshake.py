@@ -219,6 +219,21 @@ class SnapshotPolicy:
         self.newest_rank = 0  # the rank of the newest trusted key accepted so far
         self._last: Snapshot | None = None
 
+    def reconfigure(self, keyring: Keyring, *, max_drift: float, min_signature_size: int) -> None:
+        """Apply a new configuration in place: what was accepted before still counts.
+
+        The last timestamp stays. The newest key accepted keeps its place if the new
+        keyring still trusts it to sign (at its new rank); if it does not, the client
+        starts over from the new primary (the operator retired that key).
+        """
+        newest = self._last.key_id if self._last is not None else None
+        rank = keyring.trust_rank(newest) if newest is not None else None
+        self.keyring = keyring
+        self.max_drift = max_drift
+        self._max_drift_ms = max_drift * 1000
+        self._min_sig = min_signature_size
+        self.newest_rank = rank or 0
+
     def signer(self, key_id: bytes) -> Key:
         """The key a server naming ``key_id`` must prove; raise if it may not sign.
 

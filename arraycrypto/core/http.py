@@ -120,12 +120,15 @@ def response(
     """Return a complete HTTP/1.1 response that closes the connection.
 
     A 204 carries neither a body nor Content-Type and Content-Length (RFC 9110, 8.6).
+    ``Cache-Control: no-store`` unless ``headers`` set a Cache-Control of their own.
     """
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
     if status != 204:
         lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     else:
         body = b""
-    lines += ["Cache-Control: no-store", "Connection: close"]
+    if not any(name.lower() == "cache-control" for name, _ in headers):
+        lines.append("Cache-Control: no-store")
+    lines.append("Connection: close")
     lines.extend(f"{k}: {v}" for k, v in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

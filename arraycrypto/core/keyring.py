@@ -98,6 +98,10 @@ class Keyring:
         """Return a snapshot signed with the primary key."""
         return self.primary.sign_snapshot(tick, seed, timestamp, signature_size)
 
+    def tick_snapshot(self, tick: int, interval_ms: int, signature_size: int = 16) -> Snapshot:
+        """The primary key's snapshot of ``tick`` (see :meth:`Key.tick_snapshot`)."""
+        return self.primary.tick_snapshot(tick, interval_ms, signature_size)
+
     def verify(self, snapshot: Snapshot) -> Key | None:
         """Return the key that signed ``snapshot``, or None if none of ours did."""
         key = self._by_id.get(snapshot.key_id)

@@ -60,6 +60,8 @@ LABEL_SNAPSHOT_MAC: Final = b"arraycrypto/v1 snapshot-mac"
 LABEL_CLIENT_PROOF: Final = b"arraycrypto/v1 client-proof"
 LABEL_SERVER_PROOF: Final = b"arraycrypto/v1 server-proof"
 LABEL_DATA_KEY: Final = b"arraycrypto/v1 data-key"
+#: The key that makes each tick's seed (section 2): every server of a fleet, the same.
+LABEL_SNAPSHOT_SEED: Final = b"arraycrypto/v2 snapshot-seed"
 # Envelope v2 (section 3a): its own labels, so no v2 key can equal a v1 key.
 LABEL_SINGLE_KEY_V2: Final = b"arraycrypto/v2 single-key"
 LABEL_STREAM_KEY_V2: Final = b"arraycrypto/v2 stream-key"
@@ -71,6 +73,7 @@ PROTOCOL_VERSION: Final = 2
 LABEL_HANDSHAKE: Final = b"arraycrypto/v2 handshake"
 MIN_TICK_INTERVAL_MS: Final = 10
 MAX_TICK_INTERVAL_MS: Final = 3_600_000
+_TICK = struct.Struct(">QI")
 _TRANSCRIPT = struct.Struct(f">{len(LABEL_HANDSHAKE)}sB{KEY_ID_SIZE}sI{CHALLENGE_SIZE}s32s")
 
 # version | key_id | tick | timestamp_ms | seed  -- the bytes a snapshot signature covers,
@@ -123,7 +126,14 @@ class Key:
     Holds secrets: its repr shows only the key id, and it refuses to be pickled.
     """
 
-    __slots__ = ("_client_proof", "_secret", "_server_proof", "_snapshot_mac", "key_id")
+    __slots__ = (
+        "_client_proof",
+        "_secret",
+        "_seed_key",
+        "_server_proof",
+        "_snapshot_mac",
+        "key_id",
+    )
 
     def __init__(self, secret: bytes) -> None:
         if not isinstance(secret, bytes):
@@ -136,6 +146,7 @@ class Key:
         self._snapshot_mac = _hkdf(secret, None, LABEL_SNAPSHOT_MAC)
         self._client_proof = _hkdf(secret, None, LABEL_CLIENT_PROOF)
         self._server_proof = _hkdf(secret, None, LABEL_SERVER_PROOF)
+        self._seed_key = _hkdf(secret, None, LABEL_SNAPSHOT_SEED)
 
     def __repr__(self) -> str:
         return f"Key(key_id={self.key_id.hex()})"
@@ -154,6 +165,16 @@ class Key:
         unsigned = Snapshot(tick, seed, timestamp, self.key_id, b"")
         mac = hmac.digest(self._snapshot_mac, unsigned.signed_bytes(), "sha256")
         return Snapshot(tick, seed, timestamp, self.key_id, mac[:signature_size])
+
+    def tick_snapshot(self, tick: int, interval_ms: int, signature_size: int = 16) -> Snapshot:
+        """The snapshot of ``tick``: the same bytes from every server holding this secret.
+
+        ``seed = HMAC-SHA256(K_seed, u64(tick) || u32(interval_ms))[:16]`` and
+        ``timestamp = tick * interval_ms`` (PROTOCOL.md, section 2), so the workers and
+        replicas of a fleet publish one truth per tick, with no coordination.
+        """
+        seed = hmac.digest(self._seed_key, _TICK.pack(tick, interval_ms), "sha256")[:SEED_SIZE]
+        return self.sign_snapshot(tick, seed, tick * interval_ms, signature_size)
 
     def verify_snapshot(self, snapshot: Snapshot) -> bool:
         """Return whether ``snapshot`` carries a valid signature under this key."""

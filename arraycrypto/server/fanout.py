@@ -18,9 +18,10 @@ written after a Close frame.
 from __future__ import annotations
 
 import logging
-import os
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -29,7 +30,7 @@ from websockets.frames import Frame, Opcode
 from ..core import messages as m
 from ..core.config import ServerConfig
 from ..core.keyring import Keyring
-from ..core.keys import SEED_SIZE, Snapshot
+from ..core.keys import Snapshot
 from ..core.server_connection import PingVerdict, ServerConnection
 from ..core.ticks import TickSchedule
 from ..net.logs import RateLimitedLog
@@ -40,9 +41,16 @@ __all__ = ["Fanout", "Subscriber", "Ticker"]
 
 logger = logging.getLogger("arraycrypto.server")
 
+_CLOSE_STEP: Final = 0.1  # seconds between two batches of a drain's closes
+
 
 class Ticker:
-    """Makes a signed snapshot every ``tick_interval``, aligned to the wall clock."""
+    """Makes the signed snapshot of every tick, aligned to the wall clock.
+
+    Each tick's snapshot is derived from the secret and the tick
+    (:meth:`~arraycrypto.core.keys.Key.tick_snapshot`): every worker and every replica
+    holding the same secret and ``tick_interval`` publishes the same bytes for a tick.
+    """
 
     def __init__(
         self,
@@ -51,14 +59,22 @@ class Ticker:
         metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
-        self._config = config
-        self._keyring = keyring
         self._metrics = metrics
         self._clock = clock
-        self.schedule = TickSchedule(round(config.tick_interval * 1000))
-        self.snapshot: Snapshot = self._make(self.schedule.tick_at(self.now_ms()))
         self.json = b""  # the /snapshot body
         self.frame = b""  # the push frame, the same bytes for every client
+        self.reload(config, keyring)
+
+    def reload(self, config: ServerConfig, keyring: Keyring) -> None:
+        """Take a new config and keyring: the current tick's snapshot is made again.
+
+        Clients meet the new key at once (the same tick under a new key is a new
+        snapshot, dated the same); a new interval takes effect at the next boundary.
+        """
+        self._keyring = keyring
+        self._hash_size = config.hash_size
+        self.schedule = TickSchedule(round(config.tick_interval * 1000))
+        self.snapshot: Snapshot = self._make(self.schedule.tick_at(self.now_ms()))
         self._encode()
 
     def now_ms(self) -> int:
@@ -66,14 +82,16 @@ class Ticker:
         return int(self._clock() * 1000)
 
     def _make(self, tick: int) -> Snapshot:
-        return self._keyring.new_snapshot(
-            tick, os.urandom(SEED_SIZE), self.now_ms(), self._config.hash_size
-        )
+        return self._keyring.tick_snapshot(tick, self.schedule.interval_ms, self._hash_size)
 
     def _encode(self) -> None:
         # Encoded once per tick: the /snapshot body and the push frame every client gets.
         self.json = m.encode(m.SnapshotMessage.from_snapshot(self.snapshot))
         self.frame = Frame(Opcode.TEXT, self.json).serialize(mask=False)
+
+    def seconds_left(self) -> int:
+        """Whole seconds the current snapshot stays current (for HTTP caching)."""
+        return int(self.schedule.delay(self.now_ms()))
 
     async def run(self, on_tick: Callable[[bytes], None]) -> None:
         """Tick forever, calling ``on_tick(frame)`` with each new snapshot's frame."""
@@ -132,6 +150,53 @@ class Fanout:
             tg.start_soon(self._pinger)
             # Looked up per tick, not bound once: a test can stop the pushes.
             await ticker.run(lambda frame: self.push(frame))
+
+    def reload(self, config: ServerConfig) -> None:
+        """Take a new config (write and ping timeouts apply from their next use)."""
+        self._config = config
+
+    async def close_all(self, window: float) -> None:
+        """Close every subscriber with 1001, a few at a time, spread over ``window`` s."""
+        subs = list(self.subscribers)
+        random.shuffle(subs)  # no order of arrival to replay on the others
+        steps = max(1, int(window / _CLOSE_STEP))
+        per_step = -(-len(subs) // steps)  # ceiling
+        for i in range(0, len(subs), per_step):
+            for sub in subs[i : i + per_step]:
+                self._goodbye(sub)
+            await anyio.sleep(window / steps)
+
+    def _goodbye(self, sub: Subscriber) -> None:
+        """Start a subscriber's closing handshake (1001); its own task reads the echo.
+
+        From this moment its connection hands out no push or ping, so nothing follows
+        the Close frame, even from a writer still running.
+        """
+        if sub not in self.subscribers:
+            return
+        try:
+            sub.conn.going_away(time.monotonic())
+            data = b"".join(sub.conn.data_to_send())
+            if not data:
+                return
+            if not sub.stream.write_now(data):
+                self._spawn(self._send_goodbye(sub, data))
+            elif sub.stream.backlogged:
+                self._spawn(self._send_goodbye(sub, b""))
+        except Exception:
+            self._failed(sub, "drain")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(lambda: coro, name="arraycrypto goodbye")
+
+    async def _send_goodbye(self, sub: Subscriber, data: bytes) -> None:
+        """Send (or finish sending) a Close frame the kernel did not take at once."""
+        with anyio.move_on_after(self._config.write_timeout):
+            try:
+                await (sub.stream.send(data) if data else sub.stream.flush())
+            except STREAM_ERRORS:
+                self._drop(sub, "slow", "goodbye not delivered")
 
     def add(self, conn: ServerConnection, stream: DirectStream) -> Subscriber:
         """Add a subscribed connection; remove it with :meth:`discard` when it ends."""

@@ -75,8 +75,10 @@ class Listener:
         key: Callable[[], Key],
         current: SnapshotSource,
         ssl_context: ssl.SSLContext | None,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
+        self._draining = draining
         self.metrics = metrics
         self.shim = shim
         self.fanout = fanout
@@ -88,6 +90,13 @@ class Listener:
         # Port scanners, floods and dying clients repeat the same lines at network speed.
         self._warnings = RateLimitedLog(logger)
         metrics.gauges["pending_connections"] = lambda: self.admission.pending
+
+    def reload(self, config: ServerConfig, ssl_context: ssl.SSLContext | None) -> None:
+        """Take a new config and TLS context: new connections get them, open ones keep theirs."""
+        self.config = config
+        self._ssl = ssl_context
+        self.admission.max_connections = config.max_connections
+        self.admission.max_pending = config.pending_limit
 
     async def accept_loop(self, sock: _Listening, tg: anyio.abc.TaskGroup) -> None:
         """Accept on a listening socket until cancelled, one task per connection.
@@ -249,6 +258,11 @@ class Listener:
         ):
             self.admission.authenticated(ticket)  # a complete request: not a slow one
             await self.shim.answer(stream, request)
+            return None
+        if self._draining():
+            # Lame duck: new clients go to another server (the load balancer's job too).
+            self.admission.authenticated(ticket)
+            await self.shim.reply(stream, request.path, 503, {"error": "draining"}, request)
             return None
         now = time.monotonic()
         conn = ServerConnection.upgrade(

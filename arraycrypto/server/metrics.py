@@ -9,8 +9,8 @@ PROTOCOL.md, section 6, lists the same names: change both together.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
 
 __all__ = ["METRICS", "Metric", "Metrics"]
 
@@ -107,23 +107,44 @@ class Metrics:
             return float(current.get(labels, 0))
         return float(current)
 
-    def render(self, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
-        """Return the Prometheus text exposition; ``extra`` labels go on every sample."""
+    def snapshot(self) -> dict[str, Any]:
+        """Every metric's current values, as JSON-able data (for :meth:`render`'s peers)."""
+        out: dict[str, Any] = {}
+        for metric in METRICS:
+            if metric.labels:
+                table: dict[tuple[str, ...], int] = getattr(self, metric.name)
+                out[metric.name] = [[list(values), count] for values, count in table.items()]
+            else:
+                out[metric.name] = self.value(metric.name)
+        return out
+
+    def render(
+        self,
+        extra: tuple[tuple[str, str], ...] = (),
+        peers: Sequence[tuple[tuple[tuple[str, str], ...], dict[str, Any]]] = (),
+    ) -> bytes:
+        """Return the Prometheus text exposition; ``extra`` labels go on every sample.
+
+        ``peers``: other processes' :meth:`snapshot`, each with its own labels (the
+        workers of one server): rendered in the same families, so one scrape of any
+        worker returns every worker's series, to be summed with ``sum without (worker)``.
+        """
+        sources = [(extra, self.snapshot()), *peers]
         out: list[str] = []
         for metric in METRICS:
             name = f"arraycrypto_{metric.name}"
             out.append(f"# HELP {name} {metric.help}")
             out.append(f"# TYPE {name} {metric.kind}")
-            if metric.labels:
-                table: dict[tuple[str, ...], int] = getattr(self, metric.name)
-                samples = {values: 0 for values in metric.always}
-                samples.update(table)
-                for values, count in sorted(samples.items()):
-                    pairs = (*extra, *zip(metric.labels, values, strict=True))
-                    out.append(f"{name}{_labels(pairs)} {count}")
-            else:
-                value = self.value(metric.name)
-                out.append(f"{name}{_labels(extra)} {_number(value)}")
+            for labels, values in sources:
+                value = values.get(metric.name)
+                if metric.labels:
+                    samples = {tuple(v): 0 for v in metric.always}
+                    samples.update((tuple(v), c) for v, c in value or ())
+                    for label_values, count in sorted(samples.items()):
+                        pairs = (*labels, *zip(metric.labels, label_values, strict=True))
+                        out.append(f"{name}{_labels(pairs)} {count}")
+                elif value is not None:
+                    out.append(f"{name}{_labels(labels)} {_number(value)}")
         return ("\n".join(out) + "\n").encode()
 
 

@@ -12,12 +12,15 @@ One code path for asyncio and trio. Every protocol rule lives in the pure core
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -31,9 +34,20 @@ from .listener import Listener
 from .metrics import Metrics
 from .shim import Routes, Shim
 
-__all__ = ["Server", "serve"]
+__all__ = ["RESTART_FIELDS", "Server", "serve"]
 
 logger = logging.getLogger("arraycrypto.server")
+
+#: Config fields a reload cannot change: the listening sockets and what the port speaks.
+RESTART_FIELDS: Final = ("host", "port", "tls")
+#: The share of the drain window over which clients are closed; the rest is for echoes.
+_DRAIN_SPREAD: Final = 0.8
+
+
+def _restart_value(config: ServerConfig, field: str) -> object:
+    if field == "tls":
+        return config.tls_certfile is not None
+    return getattr(config, field)
 
 
 class Server:
@@ -43,20 +57,30 @@ class Server:
     ``arraycrypto serve`` does that (:func:`~arraycrypto.server.tuning.tune_process`).
     """
 
-    def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        worker: int | None = None,
+        metrics_dir: str | None = None,
+    ) -> None:
         self.config = config
+        #: This process's number among the workers of one port (None: the only one).
+        self.worker = worker
+        self._metrics_dir = Path(metrics_dir) if metrics_dir else None
         self.keyring = Keyring(config.secret_key)
         self.metrics = Metrics()
         self.port: int | None = None
         self._started = time.monotonic()
+        #: Lame-duck mode (:meth:`drain`): new WebSocket clients and /health get 503.
+        self.draining = False
         self.ticker = Ticker(config, self.keyring, self.metrics, clock)
         self.fanout = Fanout(config, self.metrics)
         self.shim = Shim(
             config,
             self.metrics,
-            Routes(
-                snapshot=lambda: self.ticker.json, health=self._health, metrics=self.metrics.render
-            ),
+            Routes(snapshot=self._snapshot, health=self._health, metrics=self._render_metrics),
         )
         self.metrics.gauges["tasks"] = lambda: len(anyio.get_running_tasks())
         self._ssl = self._tls_context(config)
@@ -68,10 +92,58 @@ class Server:
             key=lambda: self.keyring.primary,
             current=lambda: self.ticker.snapshot,
             ssl_context=self._ssl,
+            draining=lambda: self.draining,
         )
 
     def __repr__(self) -> str:
         return f"Server(port={self.port}, key_id={self.keyring.primary.key_id.hex()})"
+
+    def reload(self, config: ServerConfig) -> None:
+        """Apply a new config to the running server, dropping no one.
+
+        Every field takes effect at once or for new connections, except those that need
+        a restart (:data:`RESTART_FIELDS`: the listening address, TLS on or off), which
+        raise ConfigError with the old config still in force. So does a certificate or
+        key that does not load. A new ``secret_key`` signs from the current tick on;
+        clients that trust it (``next_secret_keys``) follow without reconnecting.
+        """
+        for field in RESTART_FIELDS:
+            if _restart_value(self.config, field) != _restart_value(config, field):
+                raise ConfigError(f"`{field}` changed: it takes effect only on a restart")
+        ssl_context = self._tls_context(config)  # certificate rotation: load them anew
+        keyring = (
+            self.keyring
+            if config.secret_key == self.config.secret_key
+            else Keyring(config.secret_key)
+        )
+        # Everything validated: nothing below can fail half-way.
+        self.config = config
+        self.keyring = keyring
+        self.ticker.reload(config, keyring)
+        self.fanout.reload(config)
+        self.shim.reload(config)
+        self.listener.reload(config, ssl_context)
+        self._ssl = ssl_context
+        logger.info(
+            "reloaded config (key id %s, tick %.3fs)",
+            keyring.primary.key_id.hex(),
+            config.tick_interval,
+        )
+
+    async def drain(self, seconds: float) -> None:
+        """Lame-duck mode, then return: let load balancers and clients move elsewhere.
+
+        From now on /health answers 503 "draining" and new WebSocket clients get 503;
+        the subscribed clients are closed with 1001 a few at a time, spread evenly over
+        most of ``seconds``, so they reconnect elsewhere without a storm. Returns once
+        they are gone or ``seconds`` passed; stopping the server is the caller's.
+        """
+        self.draining = True
+        logger.info("draining: closing %d clients over %.1f s", len(self.fanout), seconds)
+        await self.fanout.close_all(seconds * _DRAIN_SPREAD)
+        with anyio.move_on_after(seconds * (1 - _DRAIN_SPREAD)):
+            while len(self.fanout):
+                await anyio.sleep(0.05)
 
     @staticmethod
     def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -85,9 +157,35 @@ class Server:
                 f" ({exc.strerror or exc.__class__.__name__})"
             ) from None
 
+    def _snapshot(self) -> tuple[bytes, int]:
+        return self.ticker.json, self.ticker.seconds_left()
+
+    def _render_metrics(self) -> bytes:
+        if self.worker is None:
+            return self.metrics.render()
+        # One scrape of the shared port shows every worker, each under its own label.
+        peers = []
+        for path in sorted(self._metrics_dir.glob("worker-*.json")) if self._metrics_dir else ():
+            if path.name != f"worker-{self.worker}.json":
+                with contextlib.suppress(OSError, ValueError):
+                    peers.append(((("worker", path.stem[7:]),), json.loads(path.read_bytes())))
+        return self.metrics.render((("worker", str(self.worker)),), peers)
+
+    async def _publish_metrics(self) -> None:
+        """Write this worker's metrics for the others, every second (atomically)."""
+        assert self._metrics_dir is not None
+        path = self._metrics_dir / f"worker-{self.worker}.json"
+        temporary = path.with_suffix(".tmp")
+        while True:
+            with contextlib.suppress(OSError):
+                temporary.write_bytes(json.dumps(self.metrics.snapshot()).encode())
+                temporary.replace(path)
+            await anyio.sleep(1.0)
+
     def _health(self) -> dict[str, Any]:
         return {
-            "status": "healthy",
+            **({"worker": self.worker} if self.worker is not None else {}),
+            "status": "draining" if self.draining else "healthy",
             "timestamp": self.ticker.now_ms(),
             "tick": self.ticker.snapshot.tick,
             "connections": self.metrics.connections,
@@ -96,14 +194,19 @@ class Server:
         }
 
     async def run(
-        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+        self,
+        reuse_port: bool = False,
+        *,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen and serve until cancelled; report the bound port through ``task_status``.
 
-        On cancellation every client gets close code 1001 (going away), bounded in time.
+        ``reuse_port``: listen with SO_REUSEPORT, beside the other workers of one port
+        (the kernel spreads new connections over them). On cancellation every client gets
+        close code 1001 (going away), bounded in time.
         """
         multi = await anyio.create_tcp_listener(
-            local_host=self.config.host, local_port=self.config.port, reuse_port=False
+            local_host=self.config.host, local_port=self.config.port, reuse_port=reuse_port
         )
         self.port = int(multi.extra(anyio.abc.SocketAttribute.local_port))
         logger.info(
@@ -117,6 +220,8 @@ class Server:
         )
         async with multi, anyio.create_task_group() as tg:
             tg.start_soon(self.fanout.run, self.ticker)
+            if self._metrics_dir is not None:
+                tg.start_soon(self._publish_metrics)
             for listener in multi.listeners:
                 sock: socket.socket = listener.extra(anyio.abc.SocketAttribute.raw_socket)
                 tg.start_soon(self.listener.accept_loop, sock, tg)

@@ -51,9 +51,13 @@ _NOT_TLS: Final = Failure(
 
 
 class Routes(msgspec.Struct, frozen=True):
-    """What the shim serves, supplied by the server: each called per request."""
+    """What the shim serves, supplied by the server: each called per request.
 
-    snapshot: Callable[[], bytes]
+    ``snapshot`` returns the body and the whole seconds it stays current (every server
+    of a fleet serves the same bytes for a tick, so caches may keep it that long).
+    """
+
+    snapshot: Callable[[], tuple[bytes, int]]
     health: Callable[[], dict[str, Any]]
     metrics: Callable[[], bytes]
 
@@ -62,9 +66,13 @@ class Shim:
     """Reads request heads and answers plain HTTP requests."""
 
     def __init__(self, config: ServerConfig, metrics: Metrics, routes: Routes) -> None:
-        self.config = config
         self.metrics = metrics
         self.routes = routes
+        self.reload(config)
+
+    def reload(self, config: ServerConfig) -> None:
+        """Take a new config (path, CORS, limits) for the next requests."""
+        self.config = config
         # The HTTP routes live next to the WebSocket path: /ws -> /snapshot,
         # /crypto/ws -> /crypto/snapshot (PROTOCOL.md, section 4).
         self._base = config.path.rsplit("/", 1)[0]
@@ -127,9 +135,14 @@ class Shim:
                 body["detail"] = "the handshake is now the first WebSocket frame: see PROTOCOL.md"
             await self.reply(stream, route, 405, body, request, (("Allow", _METHODS),))
         elif route == "/snapshot":
-            await self.reply(stream, route, 200, routes.snapshot(), request)
+            current, max_age = routes.snapshot()
+            cache = (("Cache-Control", f"public, max-age={max_age}"),)
+            await self.reply(stream, route, 200, current, request, cache)
         elif route == "/health":
-            await self.reply(stream, route, 200, routes.health(), request)
+            health = routes.health()
+            # Draining: load balancers must stop sending new clients here.
+            status = 503 if health.get("status") == "draining" else 200
+            await self.reply(stream, route, status, health, request)
         elif route == "/metrics":
             await self.reply(
                 stream,

@@ -1,0 +1,149 @@
+"""``arraycrypto serve --workers N``: N worker processes on one port, supervised.
+
+Why SO_REUSEPORT rather than one listening socket shared by the workers: the kernel
+gives each worker its own accept queue and spreads new connections over them by a hash
+of the client's address, so no worker can take a whole reconnect storm alone (with one
+shared socket, whichever worker wakes first accepts up to a batch of 256 at a time).
+Each worker is a complete server: its own event loop, its own clients, the same
+snapshots (each tick's snapshot is derived from the secret, so every worker publishes
+the same bytes).
+
+The supervisor creates the config file if it is missing (once, before any worker),
+reserves the port, starts the workers, forwards SIGTERM, SIGINT and SIGHUP to all of
+them, restarts a worker that dies (logged, with a growing pause if it keeps dying) and
+exits once every worker has stopped. The workers share a directory where each writes
+its metrics every second, so a scrape of ``/metrics`` on the port, whichever worker
+answers it, shows every worker under a ``worker`` label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from ..core.exceptions import ConfigError
+from .common import setup_logging
+
+__all__ = ["supervise", "worker_count"]
+
+logger = logging.getLogger("arraycrypto.supervisor")
+
+_RESTART_PAUSE_MAX: Final = 5.0  # seconds between restarts of a worker that keeps dying
+_STABLE: Final = 10.0  # a worker alive this long is healthy again: its pause resets
+
+
+def worker_count(value: str) -> int:
+    """``--workers``: a positive count, or ``auto`` (one per core)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError("`--workers` must be a positive number or auto")
+    return count
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run ``--workers`` workers until a signal stops them; 0 on a clean stop."""
+    from .serve import load
+
+    setup_logging(args.verbose)
+    try:
+        count = worker_count(args.workers)
+        config = load(args)  # creates the file once, before any worker could race to
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    # Reserve the port (and learn it, for port 0): a socket in the same SO_REUSEPORT
+    # group that never listens, so it receives no connection.
+    reserve = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reserve.bind((config.host, config.port))
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror)
+        reserve.close()
+        return 1
+    port = reserve.getsockname()[1]
+    metrics_dir = tempfile.mkdtemp(prefix="arraycrypto-metrics-")
+    try:
+        return anyio.run(_run, args, count, config.host, port, metrics_dir)
+    finally:
+        reserve.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+async def _run(args: argparse.Namespace, count: int, host: str, port: int, metrics_dir: str) -> int:
+    workers: dict[int, anyio.abc.Process] = {}
+    stopping = False
+
+    def command(worker: int) -> list[str]:
+        cmd = [sys.executable, "-m", "arraycrypto", "serve", "--config", args.config]
+        cmd += ["--host", host, "--port", str(port)]
+        cmd += ["--backend", args.backend, "--workers", str(count)]
+        cmd += ["--worker", str(worker), "--metrics-dir", metrics_dir]
+        return [*cmd, "-v"] if args.verbose else cmd
+
+    async def keep(worker: int, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        pause = 0.1
+        started = False
+        while True:
+            began = time.monotonic()
+            process = await anyio.open_process(
+                command(worker), stdin=None, stdout=None, stderr=None
+            )
+            workers[worker] = process
+            if not started:
+                task_status.started()
+                started = True
+            code = await process.wait()
+            if stopping:
+                return
+            # A worker's metrics die with it: its restart starts its counters anew.
+            with contextlib.suppress(OSError):
+                (Path(metrics_dir) / f"worker-{worker}.json").unlink()
+            pause = (
+                0.1 if time.monotonic() - began > _STABLE else min(pause * 2, _RESTART_PAUSE_MAX)
+            )
+            logger.error("worker %d exited with code %s: restarting in %.1f s", worker, code, pause)
+            await anyio.sleep(pause)
+
+    async def forward(received: AsyncIterator[signal.Signals]) -> None:
+        # Every signal goes to every worker: a second SIGINT still stops them at once.
+        nonlocal stopping
+        async for signum in received:
+            if signum != signal.SIGHUP:
+                stopping = True
+            for process in list(workers.values()):
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.Signals(signum))
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with anyio.open_signal_receiver(*signals) as received:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward, received)
+            async with anyio.create_task_group() as keepers:
+                for worker in range(count):
+                    await keepers.start(keep, worker)
+                logger.info("supervising %d workers on port %d", count, port)
+            # The keepers return only once stopping and their workers exited.
+            tg.cancel_scope.cancel()
+    codes = [process.returncode for process in workers.values()]
+    logger.info("all %d workers stopped", count)
+    return 0 if all(code == 0 for code in codes) else 1

@@ -1,0 +1,237 @@
+"""Operations: reload without dropping anyone, graceful drain, workers, one truth per tick."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+import trustme
+
+from arraycrypto import (
+    ConfigError,
+    CryptoClient,
+    CryptoConfig,
+    Keyring,
+    ServerConfig,
+    save_config,
+)
+from arraycrypto.core import messages as m
+
+from .harness import hostile
+from .harness.clock import wait_for
+from .harness.constants import HOST, OTHER, SECRET
+from .harness.http import http_get, parse_response
+from .harness.peers import RawClient
+from .harness.servers import ServeProcess, client_config, running_server, server_config
+
+pytestmark = pytest.mark.anyio
+
+OLD, NEW = SECRET, OTHER
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example Sec-WebSocket-Key
+NEW_ID = Keyring(NEW).primary.key_id
+
+
+def write(path: Path, **overrides: Any) -> None:
+    base: dict[str, Any] = {"secret_key": OLD, "tick_interval": 0.1}
+    save_config(path, ServerConfig(**{**base, **overrides}))
+
+
+async def test_sighup_rotates_the_secret_without_dropping_anyone(tmp_path: Path) -> None:
+    path = tmp_path / "server_config.json"
+    write(path)
+    with ServeProcess("--config", str(path)) as server:
+        config = client_config(server.port, secret_key=OLD, next_secret_keys=[NEW])
+        async with CryptoClient(config) as client:
+            await client.authenticate()
+            session = client.session_id
+            before = await client.encrypt_message("before")
+            write(path, secret_key=NEW)
+            server.signal(signal.SIGHUP)
+            await wait_for(lambda: client.snapshot is not None and client.snapshot.key_id == NEW_ID)
+            assert client.session_id == session  # the same connection all along
+            after = await client.encrypt_message("after")
+            # A broken config is refused in one line; the running one stays in force.
+            path.write_text('{"secret_key": "not base64!"}')
+            server.signal(signal.SIGHUP)
+            await wait_for(lambda: "reload failed" in server.output())
+            status, _, _ = await http_get(server.port, "/health")
+            assert status == 200
+            assert client.session_id == session
+        ring = Keyring(NEW, old=[OLD])
+        assert ring.decrypt(before) == b"before"
+        assert ring.decrypt(after) == b"after"
+        assert server.output().count("reload failed") == 1
+
+
+async def test_reload_refuses_what_needs_a_restart() -> None:
+    async with running_server() as server:
+        assert server.port
+        moved = msgspec.structs.replace(server.config, port=server.port + 1)
+        with pytest.raises(ConfigError, match="`port` changed"):
+            server.reload(moved)
+        assert server.config.port == 0  # the old config still in force
+        tighter = msgspec.structs.replace(server.config, max_connections=7, write_timeout=1.0)
+        server.reload(tighter)
+        assert server.listener.admission.max_connections == 7
+
+
+async def test_certificate_rotation_by_reload(tmp_path: Path) -> None:
+    def issue(name: str) -> tuple[Path, ssl.SSLContext]:
+        ca = trustme.CA()
+        pem = tmp_path / f"{name}.pem"
+        ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        return pem, context
+
+    first, trusts_first = issue("first")
+    second, trusts_second = issue("second")
+    config = server_config(tls_certfile=str(first), tls_keyfile=str(first))
+    async with running_server(config) as server:
+        assert server.port
+        old = await RawClient.connect(server.port, ssl_context=trusts_first)
+        await old.handshake()
+        rotated = msgspec.structs.replace(config, tls_certfile=str(second), tls_keyfile=str(second))
+        server.reload(rotated)
+        new = await RawClient.connect(server.port, ssl_context=trusts_second)
+        await new.handshake()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await RawClient.connect(server.port, ssl_context=trusts_first)
+        # The connection made before the rotation goes on receiving every tick.
+        assert isinstance(await old.recv_message(), m.SnapshotMessage)
+        await old.aclose()
+        await new.aclose()
+
+
+async def test_drain_spreads_the_goodbyes_and_turns_health_away() -> None:
+    async with running_server(server_config(tick_interval=0.1)) as server:
+        assert server.port
+        clients = [await RawClient.connect(server.port) for _ in range(10)]
+        for client in clients:
+            await client.handshake()
+        closed_at: list[float] = []
+
+        async def wait_goodbye(client: RawClient) -> None:
+            close = await client.wait_closed(timeout=10)
+            assert close is not None
+            assert close.code == 1001
+            closed_at.append(anyio.current_time())
+
+        async with anyio.create_task_group() as tg:
+            for client in clients:
+                tg.start_soon(wait_goodbye, client)
+            tg.start_soon(server.drain, 1.0)
+            await wait_for(lambda: server.draining)
+            status, _, body = await http_get(server.port, "/health")
+            assert (status, json.loads(body)["status"]) == (503, "draining")
+            late = await anyio.connect_tcp(HOST, server.port)
+            async with late:  # a new WebSocket client is turned away too
+                await late.send(hostile.UPGRADE.format(host=HOST, key=KEY).encode())
+                data = b""
+                with anyio.fail_after(5):
+                    while b"\r\n\r\n" not in data:
+                        data += await late.receive()
+            assert parse_response(data)[0] == 503
+        # Not all at once: the goodbyes are spread over the window (0.8 s of 1 s here).
+        assert max(closed_at) - min(closed_at) >= 0.3
+
+
+async def test_sigterm_drains_then_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "server_config.json"
+    write(path, drain_seconds=1.0)
+    with ServeProcess("--config", str(path)) as server:
+        clients = [await RawClient.connect(server.port) for _ in range(4)]
+        for client in clients:
+            await client.handshake(Keyring(OLD))
+        server.signal(signal.SIGTERM)
+        await wait_for(lambda: "draining" in server.output())
+        status, _, _ = await http_get(server.port, "/health")
+        assert status == 503
+        for client in clients:
+            close = await client.wait_closed(timeout=10)
+            assert close is not None
+            assert close.code == 1001
+        assert server.wait(timeout=10) == 0
+
+
+async def test_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "server_config.json"
+    write(path)
+    with ServeProcess("--config", str(path), "--workers", "2") as server:
+        await wait_for(lambda: server.output().count("listening on") == 2, timeout=20)
+        clients = [await RawClient.connect(server.port) for _ in range(40)]
+        for client in clients:
+            await client.handshake(Keyring(OLD))
+        # Whichever worker answers, /metrics shows both, each under its label, after
+        # their next publication (every second): they sum to every client.
+
+        async def both_sum_to_all() -> bool:
+            _, _, body = await http_get(server.port, "/metrics")
+            lines = [
+                line
+                for line in body.decode().splitlines()
+                if line.startswith("arraycrypto_subscribed_clients{")
+            ]
+            return len(lines) == 2 and sum(float(x.rsplit(" ", 1)[1]) for x in lines) == 40
+
+        with anyio.fail_after(10):
+            while not await both_sum_to_all():
+                await anyio.sleep(0.2)
+        # The same snapshot from either worker for a tick: one truth per tick.
+        bodies: dict[int, set[bytes]] = {}
+        for _ in range(10):
+            _, _, body = await http_get(server.port, "/snapshot")
+            bodies.setdefault(json.loads(body)["tick"], set()).add(body)
+        assert all(len(seen) == 1 for seen in bodies.values())
+        for client in clients:
+            await client.aclose()
+        # SIGHUP reaches every worker.
+        server.signal(signal.SIGHUP)
+        await wait_for(lambda: server.output().count("reloaded config") == 2)
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=15) == 0
+
+
+async def test_one_truth_per_tick_across_servers() -> None:
+    # Two servers with the same secret and interval: the same bytes for a tick.
+    async with running_server() as a, running_server() as b:
+        for _ in range(20):
+            ta, tb = a.ticker.snapshot, b.ticker.snapshot
+            if ta.tick == tb.tick:
+                assert ta == tb
+                break
+            await anyio.sleep(0.01)
+        else:
+            pytest.fail("the two servers never showed the same tick")
+        assert a.port
+        status, headers, _ = await http_get(a.port, "/snapshot")
+        assert status == 200
+        assert headers["cache-control"].startswith("public, max-age=")
+
+
+async def test_a_client_follows_a_new_config_without_a_restart() -> None:
+    async with running_server(server_config(secret_key=NEW)) as server:
+        assert server.port
+        config = client_config(server.port, secret_key=OLD, next_secret_keys=[NEW])
+        async with CryptoClient(config) as client:
+            await client.authenticate()
+            session = client.session_id
+            # Step 3 of a rotation: NEW becomes the primary, OLD only decrypts.
+            step3 = msgspec.structs.replace(
+                config, secret_key=NEW, next_secret_keys=[], old_secret_keys=[OLD]
+            )
+            client.reload(step3)
+            assert client.session_id == session
+            client.encrypt("still encrypting")
+            # A config that no longer trusts the server's key drops the snapshot.
+            distrust = CryptoConfig(
+                server_url=config.server_url, secret_key=OLD, old_secret_keys=[NEW]
+            )
+            client.reload(distrust)
+            assert client.snapshot is None
