@@ -11,8 +11,6 @@ import pytest
 
 from arraycrypto import CloseCode, Keyring
 from arraycrypto.core import messages as m
-from arraycrypto.core.handshake import ServerSession
-from arraycrypto.server import Server
 
 from .harness import frames, hostile
 from .harness.clock import current_ms
@@ -441,51 +439,6 @@ async def test_silent_connections_are_closed_and_counted() -> None:
         with anyio.fail_after(5):
             while server.metrics.connections:
                 await anyio.sleep(0.01)
-
-
-async def test_ended_connections_are_freed_without_the_cycle_collector() -> None:
-    # A connection that ends (abruptly, cleanly, or refused) must be freed by reference
-    # counting: a reference cycle would keep it until a full collection, which the
-    # CLI makes rare (server.tuning.tune_gc) because at 10 000 connections it stalls the
-    # loop for half a second.
-    from websockets.client import ClientProtocol
-    from websockets.server import ServerProtocol
-
-    from arraycrypto.core.server_connection import ServerConnection
-    from arraycrypto.net.sockets import SocketStream
-
-    ours = (ServerProtocol, ClientProtocol, ServerConnection, ServerSession, Server, SocketStream)
-    gc.collect()
-    gc.disable()
-    try:
-        async with running_server() as server:
-            assert server.port
-            for ending in ("abrupt", "close", "refused"):
-                client = await RawClient.connect(server.port)
-                if ending == "refused":
-                    await client.recv_message()
-                    await client.send_text(b"{}")
-                    await client.wait_closed()
-                    continue
-                await client.handshake()
-                if ending == "close":
-                    client.protocol.send_close(1000, "bye")
-                    await client.flush()
-                    await client.wait_closed()
-                else:
-                    await client.aclose()
-            del client
-            with anyio.fail_after(5):
-                while server.metrics.connections:
-                    await anyio.sleep(0.01)
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert leaked == []
 
 
 def test_gc_thresholds_are_only_ever_raised() -> None:

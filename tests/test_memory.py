@@ -1,0 +1,172 @@
+"""Ended connections are freed by reference counting alone, of every kind.
+
+The server raises the cycle collector's thresholds (a full collection at 10 000
+connections stalls the loop), so anything an ended connection leaves in a reference
+cycle piles up for hours. These tests run with the collector **disabled** and count the
+server's own objects still alive after many connections ended each way: it must be
+the ones still open, and nothing more. (Asking the collector what it finds would see
+nothing: it breaks generator cycles before it reports them.)
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from arraycrypto.core.handshake import ServerSession
+from arraycrypto.core.server_connection import ServerConnection
+from arraycrypto.net.sockets import SocketStream
+from arraycrypto.net.tls import ServerTLSStream
+from arraycrypto.server.fanout import Subscriber
+
+from .harness import frames, hostile
+from .harness.constants import HOST
+from .harness.peers import RawClient
+from .harness.servers import running_server, server_config, with_tls
+
+pytestmark = pytest.mark.anyio
+
+#: The server's per-connection objects; websockets' protocol is counted by class name
+#: (the server's framing subclass), so the test's own client objects do not count.
+OURS = (ServerConnection, ServerSession, SocketStream, ServerTLSStream, Subscriber)
+
+
+def alive() -> dict[str, int]:
+    """Instances of the server's per-connection types, without collecting anything."""
+    counts: dict[str, int] = {}
+    for obj in gc.get_objects():
+        name = type(obj).__name__
+        if isinstance(obj, OURS) or name == "_Framing":
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+@asynccontextmanager
+async def collector_off() -> AsyncIterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+async def clean_close(port: int, context: Any) -> None:
+    client = await RawClient.connect(port, ssl_context=context)
+    await client.handshake()
+    client.protocol.send_close(1000, "bye")
+    await client.flush()
+    await client.wait_closed()
+
+
+async def fin(port: int, context: Any) -> None:
+    client = await RawClient.connect(port, ssl_context=context)
+    await client.handshake()
+    await client.aclose()
+
+
+async def rst(port: int, context: Any) -> None:
+    stream, _ = await hostile.subscribe(port, context)
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await anyio.aclose_forcefully(stream)  # SO_LINGER 0: the kernel sends RST
+
+
+async def handshake_timeout(port: int, context: Any) -> None:
+    stream = await hostile.connect(port, context)
+    reader = hostile.Reader(stream)
+    async with stream:
+        await hostile.upgrade(stream, reader)
+        while (got := await reader.next_frame()) is not None and got[0] != frames.CLOSE:
+            pass
+
+
+async def http_request(status: int) -> Callable[[int, Any], Awaitable[None]]:
+    path = b"/health" if status == 200 else b"/nowhere"
+
+    async def run(port: int, context: Any) -> None:
+        stream = await hostile.connect(port, context)
+        async with stream:
+            await stream.send(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await hostile.Reader(stream).head()
+            assert head.startswith(b"HTTP/1.1 %d" % status), head[:40]
+
+    return run
+
+
+async def slow_head(port: int, context: Any) -> None:
+    stream = await hostile.connect(port, context)
+    async with stream:
+        await stream.send(b"GET /health HTTP/1.1\r\n")  # never finished: 408
+        head = await hostile.Reader(stream).head()
+        assert head.startswith(b"HTTP/1.1 408"), head[:40]
+
+
+async def failed_tls(port: int, context: Any) -> None:
+    stream = await anyio.connect_tcp(HOST, port)
+    async with stream:  # a ClientHello cut short, then gone: the TLS handshake fails
+        await stream.send(b"\x16\x03\x01\x00")
+
+
+KINDS: dict[str, Callable[[int, Any], Awaitable[None]]] = {
+    "clean close": clean_close,
+    "FIN": fin,
+    "RST": rst,
+    "handshake timeout": handshake_timeout,
+    "HTTP 408": slow_head,
+}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("kind", [*KINDS, "HTTP 200", "HTTP 404", "TLS failure"])
+async def test_ended_connections_leave_nothing_behind(kind: str, tls: bool, tmp_path: Path) -> None:
+    if kind == "TLS failure" and not tls:
+        pytest.skip("a plain port has no TLS handshake to fail")
+    run = KINDS.get(kind)
+    if run is None:
+        run = failed_tls if kind == "TLS failure" else await http_request(int(kind[5:]))
+    count = 50 if tls else 100  # one object kept per connection would show as a count
+    short = 0.2 if kind in ("handshake timeout", "HTTP 408") else 10.0
+    config = server_config(handshake_timeout=short, http_read_timeout=short, tick_interval=0.05)
+    context = None
+    if tls:
+        config, context = with_tls(config, tmp_path)
+    async with running_server(config) as server, collector_off():
+        assert server.port
+        port = server.port
+        await run(port, context)  # warm up: caches, lazy imports
+        await settle(server)
+        limit = anyio.Semaphore(25)
+
+        async def one() -> None:
+            async with limit:
+                await run(port, context)
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for _ in range(count):
+                    tg.start_soon(one)
+            await settle(server)
+        left = alive()
+    # Every connection ended, so none of their objects may be alive: a reference cycle
+    # would keep one set per connection ({'_Framing': 400, ...}).
+    assert left == {}, f"{kind}: {left} alive after {count} ended connections"
+
+
+async def settle(server: Any) -> None:
+    """Wait until every connection has ended and its task let go of its objects."""
+    with anyio.fail_after(20):
+        while server.metrics.connections:
+            await anyio.sleep(0.01)
+    with anyio.move_on_after(2):  # the last tasks finish their finally blocks
+        while alive():
+            await anyio.sleep(0.01)
