@@ -269,3 +269,25 @@ def test_decrypt_cache_admits_only_ciphertexts_that_decrypt() -> None:
             reader.decrypt(header + bytes(12) + b"junk" * 8)
     assert len(reader._ciphers) == 1  # still only the snapshot that decrypted
     assert reader.decrypt(real) == b"real"
+
+
+def test_caches_hold_what_they_serve() -> None:
+    # A client accepts a snapshot every tick but encrypts under the latest only: the
+    # decrypt cache must not fill from accepted snapshots (it held one AES context per
+    # tick, up to 4 096, about 16 MiB), only from what is decrypted, up to its bound.
+    from arraycrypto.core.handshake import Accepted, SnapshotPolicy
+
+    ring = Keyring(SECRET, cache_size=8)
+    policy = SnapshotPolicy(ring, max_drift=10**9)
+    server = Keyring(SECRET)
+    tokens = []
+    for tick in range(1, 301):
+        verdict = policy.check(server.new_snapshot(tick, bytes(16), tick), 150)
+        assert isinstance(verdict, Accepted)
+        tokens.append(verdict.cipher.encrypt(b"m"))
+    assert len(ring._ciphers) == 0
+    for token in tokens:
+        assert ring.decrypt(token) == b"m"
+    assert len(ring._ciphers) == 8
+    with pytest.raises(ValueError, match="cache_size"):
+        Keyring(SECRET, cache_size=0)

@@ -111,7 +111,12 @@ def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
 def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
     # Offline: the keyring alone decrypts; no server is contacted. The clock is always
     # read: a ciphertext dated beyond max_drift in the future is refused, --ttl or not.
-    keyring = Keyring(config.secret_key, old=config.old_secret_keys, next=config.next_secret_keys)
+    keyring = Keyring(
+        config.secret_key,
+        old=config.old_secret_keys,
+        next=config.next_secret_keys,
+        cache_size=config.decrypt_cache_size,
+    )
     with open_input(args.input) as src, open_output(args.output) as dst:
         bar = progress_bar("decrypt", known_size(src))
         written = _Counting(dst)

@@ -108,6 +108,7 @@ class CryptoClient:
             self.config.secret_key,
             old=self.config.old_secret_keys,
             next=self.config.next_secret_keys,
+            cache_size=self.config.decrypt_cache_size,
         )
         self._clock = clock
         self._policy = SnapshotPolicy(
@@ -224,7 +225,12 @@ class CryptoClient:
         client accepted before (the newest key, the last timestamp) still counts.
         """
         new = config if isinstance(config, CryptoConfig) else load_client_config(config)
-        keyring = Keyring(new.secret_key, old=new.old_secret_keys, next=new.next_secret_keys)
+        keyring = Keyring(
+            new.secret_key,
+            old=new.old_secret_keys,
+            next=new.next_secret_keys,
+            cache_size=new.decrypt_cache_size,
+        )
         self._policy.reconfigure(keyring, max_drift=new.max_drift, min_signature_size=new.hash_size)
         self.config = new
         self.keyring = keyring

@@ -162,6 +162,9 @@ class CryptoConfig(_Config, kw_only=True):
     next_secret_keys: list[bytes] = msgspec.field(default_factory=list)
     #: CA bundle for servers with private certificates (``https://``/``wss://``).
     ca_file: str | None = None
+    #: Snapshots whose ciphers decryption remembers (about 4 KiB each): raise it for a
+    #: service that decrypts data from many different ticks over and over.
+    decrypt_cache_size: int = 64
     connect_timeout: float = 10.0
     #: How long an encrypt waits for the first snapshot before raising SnapshotError.
     snapshot_timeout: float = 10.0
@@ -185,6 +188,7 @@ class CryptoConfig(_Config, kw_only=True):
         _check_range("handshake_points", self.handshake_points, 1, 1024)
         _check_range("hash_size", self.hash_size, 16, 32)
         _check_range("connect_timeout", self.connect_timeout, 0.01, 300)
+        _check_range("decrypt_cache_size", self.decrypt_cache_size, 1, 1_000_000)
         _check_range("snapshot_timeout", self.snapshot_timeout, 0, 300)
         _check_range("reconnect_max_delay", self.reconnect_max_delay, 0.01, 3600)
         for url in (self.server_url, *self.server_urls):

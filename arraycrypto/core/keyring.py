@@ -27,8 +27,10 @@ from .stream import StreamDecryptor
 
 __all__ = ["CACHE_SIZE", "Keyring"]
 
-#: Decrypt remembers this many verified snapshot headers (one per server tick seen).
-CACHE_SIZE: Final = 4096
+#: Ciphers decryption remembers by default: the snapshots of the most recent
+#: ciphertexts decrypted (one entry per snapshot, about 4 KiB each with its AES context,
+#: mostly outside Python's heap: 64 entries hold about 256 KiB).
+CACHE_SIZE: Final = 64
 _SIG_LEN_OFFSET: Final = SNAPSHOT_BODY_SIZE
 
 
@@ -47,7 +49,7 @@ class Keyring:
     needed is inside the envelope.
     """
 
-    __slots__ = ("_by_id", "_ciphers", "_ranks", "primary")
+    __slots__ = ("_by_id", "_cache_size", "_ciphers", "_ranks", "primary")
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class Keyring:
         old: tuple[bytes, ...] | list[bytes] = (),
         *,
         next: tuple[bytes, ...] | list[bytes] = (),
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         self.primary = Key(primary)
         self._by_id: dict[bytes, Key] = {}
@@ -67,7 +70,12 @@ class Keyring:
             key = self._add(secret)
             if key.key_id in self._ranks:
                 raise ValueError("a secret cannot be both trusted to sign and retired")
-        # verified envelope header prefix -> cipher; bounded, oldest evicted first
+        # Envelope header -> cipher, for the headers of ciphertexts that decrypted (and
+        # of snapshots a caller asked cipher() for);
+        # bounded by cache_size, oldest evicted first. Encryption keeps its own cipher.
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self._cache_size = cache_size
         self._ciphers: dict[bytes, SnapshotCipher] = {}
 
     def _add(self, secret: bytes) -> Key:
@@ -108,10 +116,18 @@ class Keyring:
         return key if key is not None and key.verify_snapshot(snapshot) else None
 
     def admit(self, snapshot: Snapshot, key: Key) -> SnapshotCipher:
-        """Return the cipher of a snapshot ``key`` verified (see :meth:`verify`), cached."""
+        """The cipher of a snapshot ``key`` verified (see :meth:`verify`), for encrypting.
+
+        Not put in the decrypt cache: a client accepts a snapshot every tick and
+        encrypts under the latest only; caching each would hold one AES context per tick
+        seen (about 16 MiB after an hour at 1 s ticks). The decrypt cache fills from
+        what is actually decrypted.
+        """
         header = snapshot.header()
         cipher = self._ciphers.get(header)
-        return cipher if cipher is not None else self._remember(header, snapshot, key)
+        return (
+            cipher if cipher is not None else SnapshotCipher(snapshot, key.data_key(snapshot), key)
+        )
 
     def cipher(self, snapshot: Snapshot) -> SnapshotCipher:
         """Return the cipher for a snapshot, verifying its signature the first time.
@@ -136,7 +152,7 @@ class Keyring:
         return cipher
 
     def _store(self, header: bytes, cipher: SnapshotCipher) -> None:
-        if len(self._ciphers) >= CACHE_SIZE:
+        if len(self._ciphers) >= self._cache_size:
             # Threads (SyncCryptoClient) may evict at the same moment: losing that race
             # only means the cache holds an entry or two more for a while.
             with contextlib.suppress(RuntimeError, KeyError, StopIteration):
