@@ -4,6 +4,9 @@
     python -m scripts.chaos stalled    # 10% of 1000 clients stop reading
     python -m scripts.chaos storm      # 10 000 clients, server restarted
     python -m scripts.chaos all [--json]
+    python -m scripts.chaos rotate     # the secret rotates by reload under 1000 clients
+    python -m scripts.chaos soak --minutes 30       # memory under churn (scripts/soak.py)
+    python -m scripts.chaos client-soak --minutes 10
 
 Every scenario runs ``arraycrypto serve`` on 127.0.0.1 and its clients in another
 process, bounds every wait, and ends every process it starts. The network faults (cut,
@@ -348,6 +351,14 @@ def scenario_storm(n: int = 10_000) -> dict[str, Any]:
 
 
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] in ("soak", "client-soak"):
+        from scripts import soak
+
+        return soak.main(sys.argv[1:])
+    if len(sys.argv) > 1 and sys.argv[1] == "rotate":
+        from scripts import rotate
+
+        return rotate.main(sys.argv[1:])
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         role, nums = sys.argv[1], [float(a) for a in sys.argv[2:]]
         if role == "_kill":

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the supervisor of --workers for each worker it starts.
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--metrics-dir", help=argparse.SUPPRESS)
+    # For measurements (scripts/soak.py, scripts/bench_gc.py), not for operators.
+    serve.add_argument("--gc-policy", default="raised", help=argparse.SUPPRESS)
+    serve.add_argument("--debug-objects", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=run_serve)
 
     client_config = sub.add_parser(

@@ -61,7 +61,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return supervise(args)
     # The server pulls in websockets; keygen does not need it.
     from ..server import Server
-    from ..server.tuning import tune_process
+    from ..server.tuning import keep_frozen, tune_process, watch_gc
 
     setup_logging(args.verbose, worker=args.worker)
     if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
@@ -80,7 +80,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.verbose:
         apply_log_level(config.log_level)
     # Process-wide settings are the application's, and this is the application.
-    tune_process(config.max_connections)
+    tune_process(config.max_connections, args.gc_policy)
+    watch_gc(server.metrics)
+    if args.debug_objects:
+        server.metrics.gauges["live_connection_objects"] = _count_connections
 
     async def main() -> None:
         # Listen for signals before serving, so an early one is not missed.
@@ -88,6 +91,8 @@ def run_serve(args: argparse.Namespace) -> int:
         with anyio.open_signal_receiver(*signals) as received:
             async with anyio.create_task_group() as tg:
                 await tg.start(server.run, args.workers != "1")
+                if args.gc_policy == "frozen":
+                    tg.start_soon(keep_frozen)
                 await _until_stopped(server, received, tg, args)
 
     backend, options = _backend(args.backend)
@@ -102,6 +107,15 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     logger.info("stopped")
     return 0
+
+
+def _count_connections() -> float:
+    """Connection objects on the heap (a debug gauge: a scan of every tracked object)."""
+    import gc
+
+    from ..core.server_connection import ServerConnection
+
+    return float(sum(1 for obj in gc.get_objects() if type(obj) is ServerConnection))
 
 
 async def _until_stopped(

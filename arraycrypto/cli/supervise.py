@@ -97,6 +97,7 @@ async def _run(args: argparse.Namespace, count: int, host: str, port: int, metri
         cmd = [sys.executable, "-m", "arraycrypto", "serve", "--config", args.config]
         cmd += ["--host", host, "--port", str(port)]
         cmd += ["--backend", args.backend, "--workers", str(count)]
+        cmd += ["--gc-policy", args.gc_policy] + (["--debug-objects"] if args.debug_objects else [])
         cmd += ["--worker", str(worker), "--metrics-dir", metrics_dir]
         return [*cmd, "-v"] if args.verbose else cmd
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
-__all__ = ["METRICS", "Metric", "Metrics"]
+__all__ = ["METRICS", "Metric", "Metrics", "WindowMax"]
 
 
 class Metric(NamedTuple):
@@ -69,6 +69,20 @@ METRICS: Final = (
         "counter",
         "accept() failures for lack of resources (file descriptors).",
     ),
+    Metric(
+        "event_loop_lag_seconds_max",
+        "gauge",
+        "Largest lateness of the event loop over the last minute (stalls, GC pauses).",
+    ),
+    # Present when `arraycrypto serve` watches the collector (it does by default):
+    Metric(
+        "gc_pause_seconds_max",
+        "gauge",
+        "Longest garbage-collector pause over the last minute.",
+    ),
+    Metric("gc_collections_total", "counter", "Collections by generation.", ("generation",)),
+    # Present only with --debug-objects (the soak uses it: it scans the heap).
+    Metric("live_connection_objects", "gauge", "Connection objects alive (debug)."),
 )
 
 
@@ -90,7 +104,9 @@ class Metrics:
         self.handshakes_failed_total: dict[tuple[str, ...], int] = {}
         self.dropped_clients_total: dict[tuple[str, ...], int] = {}
         self.http_requests_total: dict[tuple[str, ...], int] = {}
-        #: Gauges read at render time from the room that owns them.
+        self.gc_collections_total: dict[tuple[str, ...], int] = {}
+        #: Gauges read at render time from the room that owns them; a metric with no
+        #: gauge and no attribute is left out of the exposition.
         self.gauges: dict[str, Callable[[], float]] = {}
 
     def count(self, name: str, *labels: str) -> None:
@@ -102,7 +118,9 @@ class Metrics:
         """Return a metric's current value (for one label combination, if labelled)."""
         if name in self.gauges:
             return self.gauges[name]()
-        current = getattr(self, name)
+        current = getattr(self, name, None)
+        if current is None:
+            return float("nan")
         if isinstance(current, dict):
             return float(current.get(labels, 0))
         return float(current)
@@ -114,7 +132,7 @@ class Metrics:
             if metric.labels:
                 table: dict[tuple[str, ...], int] = getattr(self, metric.name)
                 out[metric.name] = [[list(values), count] for values, count in table.items()]
-            else:
+            elif metric.name in self.gauges or hasattr(self, metric.name):
                 out[metric.name] = self.value(metric.name)
         return out
 
@@ -146,6 +164,38 @@ class Metrics:
                 elif value is not None:
                     out.append(f"{name}{_labels(labels)} {_number(value)}")
         return ("\n".join(out) + "\n").encode()
+
+
+class WindowMax:
+    """The largest value recorded over roughly the last ``window`` seconds.
+
+    Kept in a few buckets, so recording is O(1) and nothing grows: a gauge for "the
+    worst stall lately" that every scraper sees alike, unlike a reset-on-read maximum.
+    """
+
+    __slots__ = ("_buckets", "_span", "_starts")
+
+    def __init__(self, window: float = 60.0, buckets: int = 6) -> None:
+        self._span = window / buckets
+        self._buckets = [0.0] * buckets
+        self._starts = [float("-inf")] * buckets
+
+    def record(self, value: float, now: float) -> None:
+        """Note ``value`` at monotonic time ``now``."""
+        slot = int(now // self._span) % len(self._buckets)
+        start = now - now % self._span
+        if self._starts[slot] != start:
+            self._starts[slot] = start
+            self._buckets[slot] = 0.0
+        self._buckets[slot] = max(self._buckets[slot], value)
+
+    def value(self, now: float) -> float:
+        """The largest value recorded within the window before ``now``."""
+        oldest = now - self._span * len(self._buckets)
+        return max(
+            (v for v, start in zip(self._buckets, self._starts, strict=True) if start > oldest),
+            default=0.0,
+        )
 
 
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:

@@ -31,7 +31,7 @@ from ..core.keyring import Keyring
 from ..net.tls import server_context
 from .fanout import Fanout, Ticker
 from .listener import Listener
-from .metrics import Metrics
+from .metrics import Metrics, WindowMax
 from .shim import Routes, Shim
 
 __all__ = ["RESTART_FIELDS", "Server", "serve"]
@@ -42,6 +42,7 @@ logger = logging.getLogger("arraycrypto.server")
 RESTART_FIELDS: Final = ("host", "port", "tls")
 #: The share of the drain window over which clients are closed; the rest is for echoes.
 _DRAIN_SPREAD: Final = 0.8
+_LAG_PERIOD: Final = 0.05  # seconds between two checks of the event loop's lateness
 
 
 def _restart_value(config: ServerConfig, field: str) -> object:
@@ -83,6 +84,10 @@ class Server:
             Routes(snapshot=self._snapshot, health=self._health, metrics=self._render_metrics),
         )
         self.metrics.gauges["tasks"] = lambda: len(anyio.get_running_tasks())
+        self._lag = WindowMax()
+        self.metrics.gauges["event_loop_lag_seconds_max"] = lambda: self._lag.value(
+            time.monotonic()
+        )
         self._ssl = self._tls_context(config)
         self.listener = Listener(
             config,
@@ -171,6 +176,14 @@ class Server:
                     peers.append(((("worker", path.stem[7:]),), json.loads(path.read_bytes())))
         return self.metrics.render((("worker", str(self.worker)),), peers)
 
+    async def _watch_lag(self) -> None:
+        """Measure how late the loop wakes a sleeper: every stall shows (GC pauses too)."""
+        while True:
+            asked = time.monotonic() + _LAG_PERIOD
+            await anyio.sleep(_LAG_PERIOD)
+            now = time.monotonic()
+            self._lag.record(max(0.0, now - asked), now)
+
     async def _publish_metrics(self) -> None:
         """Write this worker's metrics for the others, every second (atomically)."""
         assert self._metrics_dir is not None
@@ -220,6 +233,7 @@ class Server:
         )
         async with multi, anyio.create_task_group() as tg:
             tg.start_soon(self.fanout.run, self.ticker)
+            tg.start_soon(self._watch_lag)
             if self._metrics_dir is not None:
                 tg.start_soon(self._publish_metrics)
             for listener in multi.listeners:

@@ -12,9 +12,21 @@ import contextlib
 import gc
 import logging
 import resource
+import time
 from typing import Final
 
-__all__ = ["GC_THRESHOLDS", "raise_fd_limit", "tune_gc", "tune_process"]
+from .metrics import Metrics, WindowMax
+
+__all__ = [
+    "GC_POLICIES",
+    "GC_THRESHOLDS",
+    "GcWatch",
+    "keep_frozen",
+    "raise_fd_limit",
+    "tune_gc",
+    "tune_process",
+    "watch_gc",
+]
 
 logger = logging.getLogger("arraycrypto.server")
 
@@ -66,7 +78,58 @@ def raise_fd_limit(max_connections: int) -> int:
     return soft
 
 
-def tune_process(max_connections: int) -> None:
-    """Both of the above: what ``arraycrypto serve`` does before it serves."""
+class GcWatch:
+    """Times every collection (``gc.callbacks``, process-wide): pauses and counts.
+
+    Registered by :func:`watch_gc`; a server's metrics read it at render time.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._started = 0.0
+        self.pauses = WindowMax()
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._started = now
+            return
+        self.pauses.record(now - self._started, time.monotonic())
+        self._metrics.count("gc_collections_total", str(info.get("generation", "?")))
+
+
+def watch_gc(metrics: Metrics) -> GcWatch:
+    """Time the collector's pauses into ``metrics`` (``gc_pause_seconds_max``)."""
+    watch = GcWatch(metrics)
+    gc.callbacks.append(watch)
+    metrics.gauges["gc_pause_seconds_max"] = lambda: watch.pauses.value(time.monotonic())
+    return watch
+
+
+#: The collector policies ``arraycrypto serve --gc-policy`` can apply (for measuring).
+GC_POLICIES: Final = ("default", "raised", "frozen")
+#: Seconds between two freezes of the long-lived heap under the "frozen" policy.
+FREEZE_EVERY: Final = 60.0
+
+
+async def keep_frozen(every: float = FREEZE_EVERY) -> None:
+    """The "frozen" policy: move what survived to the permanent generation, repeatedly.
+
+    Long-lived connection state is freed by reference counting when a connection ends
+    (tests/test_memory.py), so it need not be scanned by every full collection: frozen,
+    a full collection scans only what is new. A young collection first, so short-lived
+    cycles are collected rather than frozen.
+    """
+    import anyio
+
+    while True:
+        await anyio.sleep(every)
+        gc.collect(1)
+        gc.freeze()
+
+
+def tune_process(max_connections: int, gc_policy: str = "raised") -> None:
+    """What ``arraycrypto serve`` does before it serves: the fd limit, the collector."""
     raise_fd_limit(max_connections)
-    tune_gc()
+    if gc_policy != "default":
+        tune_gc()

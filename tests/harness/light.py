@@ -39,10 +39,14 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def spawn(module: str, *args: str) -> subprocess.Popen[str]:
-    """Start ``python -m MODULE ARGS`` from the repository root, stdout piped."""
+def spawn(module: str, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    """Start ``python -m MODULE ARGS`` from the repository root, stdout (and stdin) piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-m", module, *args],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE if stdin else None,
+        text=True,
+        cwd=ROOT,
     )
 
 
