@@ -44,6 +44,7 @@ from .light import ROOT
 from .servers import ServeProcess
 
 __all__ = [
+    "BACKEND",
     "SHIPPED",
     "Fleet",
     "HAProxy",
