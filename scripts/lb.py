@@ -109,10 +109,7 @@ async def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
             victim = before.index(max(before))
             killed = time.monotonic()
             fleet.replicas[victim].kill()
-            with anyio.fail_after(60):
-                while not (len(work.since(killed)) >= before[victim] and work.connected):
-                    await anyio.sleep(0.01)
-            back = max(r.back for r in work.since(killed)) - killed
+            back = max(r.back for r in await work.wait_back(killed, before[victim], 60)) - killed
             await fleet.lb.wait_status(fleet.names[victim], "DOWN", timeout=30)
             marked_down = time.monotonic() - killed
             await anyio.sleep(2)
@@ -146,10 +143,7 @@ async def rolling(args: argparse.Namespace, drain_seconds: float) -> dict[str, A
                 started = time.monotonic()
                 code = await fleet.drain(i)
                 exited = time.monotonic() - started
-                with anyio.fail_after(30):
-                    while len(work.since(started)) < clients or not work.connected:
-                        await anyio.sleep(0.01)
-                times = [r.back for r in work.since(started)]
+                times = [r.back for r in await work.wait_back(started, clients, 30)]
                 shape = spread(times, started)
                 bins = [0] * (int(max(t - started for t in times) // 0.1) + 1) if times else []
                 for t in times:

@@ -377,6 +377,13 @@ class Workload:
         """The reconnections that ended after ``start``."""
         return [r for r in self.reconnects if r.back >= start]
 
+    async def wait_back(self, start: float, count: int, timeout: float = 10.0) -> list[Reconnect]:
+        """Wait until ``count`` reconnections ended after ``start`` and all are connected."""
+        with anyio.fail_after(timeout):
+            while len(self.since(start)) < count or not self.connected:
+                await anyio.sleep(0.01)
+        return self.since(start)
+
     def undecryptable(self) -> int:
         """Ciphertexts that do not decrypt to what was encrypted (the secret alone)."""
         ring = Keyring(SECRET)
