@@ -65,7 +65,8 @@ BACKEND = "arraycrypto_replicas"
 
 def haproxy_binary() -> str | None:
     """The ``haproxy`` executable, or None when it is not installed."""
-    return shutil.which("haproxy")
+    # Debian installs it in /usr/sbin, which an unprivileged PATH may lack.
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 
 
 def free_port() -> int:
