@@ -10,4 +10,5 @@
 - ``proxy``: a TCP proxy with faults switched on demand
 - ``proc``: /proc probes (descriptors, memory, CPU)
 - ``light``: asyncio clients light enough for 10 000 in one process (scripts)
+- ``lb``: replicas behind the real HAProxy (deploy/haproxy.cfg), clients encrypting through it
 """
