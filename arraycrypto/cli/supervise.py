@@ -106,8 +106,11 @@ async def _run(args: argparse.Namespace, count: int, host: str, port: int, metri
         started = False
         while True:
             began = time.monotonic()
+            # A session of its own: a terminal's Ctrl-C (sent to the whole foreground
+            # process group) reaches the supervisor only, which forwards it once; twice
+            # would mean "stop at once" to the worker.
             process = await anyio.open_process(
-                command(worker), stdin=None, stdout=None, stderr=None
+                command(worker), stdin=None, stdout=None, stderr=None, start_new_session=True
             )
             workers[worker] = process
             if not started:

@@ -156,13 +156,20 @@ class Fanout:
         self._config = config
 
     async def close_all(self, window: float) -> None:
-        """Close every subscriber with 1001, a few at a time, spread over ``window`` s."""
+        """Close every subscriber with 1001, spread evenly over ``window`` seconds.
+
+        The subscribers are shuffled and closed in batches at most every 0.1 s, so the
+        last goes near the end of the window however few there are: their reconnects
+        arrive elsewhere at a steady rate, not as a storm.
+        """
         subs = list(self.subscribers)
+        if not subs:
+            return
         random.shuffle(subs)  # no order of arrival to replay on the others
-        steps = max(1, int(window / _CLOSE_STEP))
-        per_step = -(-len(subs) // steps)  # ceiling
-        for i in range(0, len(subs), per_step):
-            for sub in subs[i : i + per_step]:
+        steps = max(1, min(len(subs), int(window / _CLOSE_STEP)))
+        for step in range(steps):
+            begin, end = step * len(subs) // steps, (step + 1) * len(subs) // steps
+            for sub in subs[begin:end]:
                 self._goodbye(sub)
             await anyio.sleep(window / steps)
 

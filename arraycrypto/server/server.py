@@ -40,8 +40,10 @@ logger = logging.getLogger("arraycrypto.server")
 
 #: Config fields a reload cannot change: the listening sockets and what the port speaks.
 RESTART_FIELDS: Final = ("host", "port", "tls")
-#: The share of the drain window over which clients are closed; the rest is for echoes.
-_DRAIN_SPREAD: Final = 0.8
+#: Shares of the drain window: a grace before the first close (load balancers notice
+#: the 503), then the closes, spread; what is left is for the clients' echoes.
+_DRAIN_GRACE: Final = 0.2
+_DRAIN_SPREAD: Final = 0.6
 _LAG_PERIOD: Final = 0.05  # seconds between two checks of the event loop's lateness
 
 
@@ -138,15 +140,18 @@ class Server:
     async def drain(self, seconds: float) -> None:
         """Lame-duck mode, then return: let load balancers and clients move elsewhere.
 
-        From now on /health answers 503 "draining" and new WebSocket clients get 503;
-        the subscribed clients are closed with 1001 a few at a time, spread evenly over
-        most of ``seconds``, so they reconnect elsewhere without a storm. Returns once
-        they are gone or ``seconds`` passed; stopping the server is the caller's.
+        From now on /health answers 503 "draining" and new WebSocket clients get 503.
+        After a short grace (a fifth of ``seconds``: load balancers see the 503 and stop
+        sending clients here), the subscribed clients are closed with 1001 spread evenly
+        over the next three fifths, so they reconnect elsewhere without a storm; the last
+        fifth is for their echoes. Returns once they are gone or ``seconds`` passed;
+        stopping the server is the caller's.
         """
         self.draining = True
         logger.info("draining: closing %d clients over %.1f s", len(self.fanout), seconds)
-        await self.fanout.close_all(seconds * _DRAIN_SPREAD)
-        with anyio.move_on_after(seconds * (1 - _DRAIN_SPREAD)):
+        with anyio.move_on_after(seconds):
+            await anyio.sleep(seconds * _DRAIN_GRACE)
+            await self.fanout.close_all(seconds * _DRAIN_SPREAD)
             while len(self.fanout):
                 await anyio.sleep(0.05)
 
