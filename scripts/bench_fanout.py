@@ -40,11 +40,12 @@ import tempfile
 import time
 from typing import Any
 
-from arraycrypto import Keyring, ServerConfig
+from arraycrypto import Keyring, ServerConfig, save_config
 from arraycrypto.core import messages as m
 from tests.harness.constants import HOST, SECRET
 from tests.harness.light import ClientBench, LightClient, end, raise_fd_limit, read_tagged, spawn
-from tests.harness.proc import cpu_seconds, rss_kib
+from tests.harness.proc import children, cpu_seconds, rss_kib
+from tests.harness.servers import ServeProcess
 
 MODULE = "scripts.bench_fanout"  # children run as `python -m scripts.bench_fanout`
 # Set by the parent for --tls: a directory with cert.pem, key.pem (server) and ca.pem.
@@ -231,25 +232,70 @@ async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
 # -- orchestration (parent process) ----------------------------------------------------------
 
 
+def _workers_server(workers: int, interval: float, tmp: str) -> ServeProcess:
+    """``arraycrypto serve --workers N`` with the in-process server's settings."""
+    tls = tls_files()
+    path = os.path.join(tmp, "server_config.json")
+    save_config(
+        path,
+        ServerConfig(
+            secret_key=SECRET,
+            host=HOST,
+            port=0,
+            tick_interval=interval,
+            max_connections=resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 100,
+            handshake_timeout=60,
+            ping_interval=60,
+            ping_timeout=60,
+            tls_certfile=tls["cert"] if tls else None,
+            tls_keyfile=tls["key"] if tls else None,
+        ),
+    )
+    server = ServeProcess("--config", path, "--workers", str(workers))
+    server.start()
+    deadline = time.monotonic() + 60
+    while len(children(server.pid)) < workers or server.output().count("listening on") < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers did not start")
+        time.sleep(0.05)
+    return server
+
+
 def measure(mode: str, n: int, ticks: int, interval: float, loop: str) -> dict[str, Any]:
-    server = spawn(MODULE, "_server", mode, str(interval), loop)
-    client = None
-    try:
-        port = int(read_tagged(server, "PORT", 60))
-        time.sleep(0.5)
-        rss0 = rss_kib(server.pid)
-        client = spawn(MODULE, "_clients", str(port), str(n), str(ticks), str(interval))
-        read_tagged(client, "CONNECTED", 300)
-        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
-        result: dict[str, Any] = json.loads(read_tagged(client, "RESULT", 120 + ticks * interval))
-        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
-        rss1 = rss_kib(server.pid)
-        result["server"] = mode
-        result["cpu_ms_per_tick"] = (cpu1 - cpu0) * 1000 / ((t1 - t0) / interval)
-        result["rss_kib_per_conn"] = (rss1 - rss0) / n
-        return result
-    finally:
-        end(client, server)
+    """One run of ``mode`` (arraycrypto, baseline, or arraycrypto-wN: N workers).
+
+    CPU and memory are summed over the server's processes (a supervisor's workers).
+    """
+    workers = int(mode.rsplit("-w", 1)[1]) if "-w" in mode else 0
+    child = served = client = None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if workers:
+                served = _workers_server(workers, interval, tmp)
+                port = served.port
+                pids = [served.pid, *children(served.pid)]
+            else:
+                child = spawn(MODULE, "_server", mode, str(interval), loop)
+                port = int(read_tagged(child, "PORT", 60))
+                pids = [child.pid]
+            time.sleep(0.5)
+            rss0 = sum(rss_kib(pid) for pid in pids)
+            client = spawn(MODULE, "_clients", str(port), str(n), str(ticks), str(interval))
+            read_tagged(client, "CONNECTED", 300)
+            cpu0, t0 = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
+            result: dict[str, Any] = json.loads(
+                read_tagged(client, "RESULT", 120 + ticks * interval)
+            )
+            cpu1, t1 = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
+            rss1 = sum(rss_kib(pid) for pid in pids)
+            result["server"] = mode
+            result["cpu_ms_per_tick"] = (cpu1 - cpu0) * 1000 / ((t1 - t0) / interval)
+            result["rss_kib_per_conn"] = (rss1 - rss0) / n
+            return result
+        finally:
+            end(client, child)
+            if served is not None:
+                served.stop()
 
 
 def median_row(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -267,7 +313,10 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every (N, server) pair args.runs times; one median row per pair."""
     rows: list[dict[str, Any]] = []
     for n in args.clients:
-        runs: dict[str, list[dict[str, Any]]] = {"arraycrypto": [], "baseline": []}
+        modes = ["arraycrypto" if w == 1 else f"arraycrypto-w{w}" for w in args.workers] + [
+            "baseline"
+        ]
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for _ in range(args.runs):
             for mode, results in runs.items():  # alternate, so drifts hit both alike
                 results.append(measure(mode, n, args.ticks, args.interval, args.loop))
@@ -307,6 +356,13 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=1, help="runs per N and server (medians)")
     parser.add_argument("--tls", action="store_true", help="wss with a throwaway trustme CA")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="arraycrypto with these worker counts (1: in-process; more: the CLI's --workers)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     limit = raise_fd_limit()
@@ -322,19 +378,42 @@ def main() -> int:
     else:
         rows = collect(args)
     by = {(r["server"], r["clients"]): r for r in rows}
-    ratios = {}
+    ours_modes = [r["server"] for r in rows if r["server"] != "baseline"]
+    ours_modes = list(dict.fromkeys(ours_modes))
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
     for n in args.clients:
-        ours, base = by[("arraycrypto", n)], by[("baseline", n)]
-        ratios[n] = {
-            "cpu": ours["cpu_ms_per_tick"] / base["cpu_ms_per_tick"],
-            "p99": ours["p99_ms"] / base["p99_ms"],
-            "rss": ours["rss_kib_per_conn"] / base["rss_kib_per_conn"],
-            "connect": ours["connect_s"] / base["connect_s"],
-        }
+        base = by[("baseline", n)]
+        for mode in ours_modes:
+            ours = by[(mode, n)]
+            ratios.setdefault(mode, {})[str(n)] = {
+                "cpu": ours["cpu_ms_per_tick"] / base["cpu_ms_per_tick"],
+                "p99": ours["p99_ms"] / base["p99_ms"],
+                "rss": ours["rss_kib_per_conn"] / base["rss_kib_per_conn"],
+                "connect": ours["connect_s"] / base["connect_s"],
+            }
+    # Workers against one process: the same CPU for the same work, a faster connect storm.
+    scaling: dict[str, dict[str, dict[str, float]]] = {}
+    if "arraycrypto" in ours_modes:
+        for mode in ours_modes:
+            if mode == "arraycrypto":
+                continue
+            for n in args.clients:
+                one, many = by[("arraycrypto", n)], by[(mode, n)]
+                scaling.setdefault(mode, {})[str(n)] = {
+                    "cpu": many["cpu_ms_per_tick"] / one["cpu_ms_per_tick"],
+                    "p99": many["p99_ms"] / one["p99_ms"],
+                    "connect": many["connect_s"] / one["connect_s"],
+                }
     if args.json:
         print(
             json.dumps(
-                {"interval_s": args.interval, "ticks": args.ticks, "runs": rows, "ratios": ratios}
+                {
+                    "interval_s": args.interval,
+                    "ticks": args.ticks,
+                    "runs": rows,
+                    "ratios": ratios,
+                    "workers_vs_one": scaling,
+                }
             )
         )
         return 0
@@ -345,14 +424,14 @@ def main() -> int:
         " ratio = arraycrypto / baseline"
     )
     head = (
-        f"{'N':>6} {'server':>12} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
+        f"{'N':>6} {'server':>14} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
         f" {'CPU ms/tick':>11} {'KiB/conn':>8} {'connect s':>9} {'delivered':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['clients']:>6} {r['server']:>12} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f}"
+            f"{r['clients']:>6} {r['server']:>14} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f}"
             f" {r['max_ms']:7.1f} {r['cpu_ms_per_tick']:11.1f} {r['rss_kib_per_conn']:8.1f}"
             f" {r['connect_s']:9.2f} {r['samples'] / r['expected_samples']:9.1%}"
         )
@@ -362,11 +441,19 @@ def main() -> int:
             runs_s = ", ".join(f"{t:.2f}" for t in r["connect_s_runs"])
             print(f"N={r['clients']} {r['server']}: connect s per run {runs_s}")
     print()
-    for n, ratio in ratios.items():
-        print(
-            f"N={n}: CPU per tick {ratio['cpu']:.2f}x baseline, p99 {ratio['p99']:.2f}x,"
-            f" KiB/conn {ratio['rss']:.2f}x, connect time {ratio['connect']:.2f}x"
-        )
+    for mode, per_n in ratios.items():
+        for n_text, ratio in per_n.items():
+            print(
+                f"N={n_text} {mode}: CPU per tick {ratio['cpu']:.2f}x baseline,"
+                f" p99 {ratio['p99']:.2f}x, KiB/conn {ratio['rss']:.2f}x,"
+                f" connect time {ratio['connect']:.2f}x"
+            )
+    for mode, per_n in scaling.items():
+        for n_text, ratio in per_n.items():
+            print(
+                f"N={n_text} {mode} vs one process: CPU per tick {ratio['cpu']:.2f}x,"
+                f" p99 {ratio['p99']:.2f}x, connect time {ratio['connect']:.2f}x"
+            )
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cpu_seconds", "fd_count", "rss_kib"]
+__all__ = ["children", "cpu_seconds", "fd_count", "rss_kib"]
 
 
 def fd_count(pid: int | None = None) -> int:
@@ -26,3 +26,19 @@ def cpu_seconds(pid: int | None = None) -> float:
     with open(f"/proc/{pid or 'self'}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a scan of /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
