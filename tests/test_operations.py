@@ -28,6 +28,7 @@ from .harness.clock import wait_for
 from .harness.constants import HOST, OTHER, SECRET
 from .harness.http import http_get, parse_response
 from .harness.peers import RawClient
+from .harness.proc import alive
 from .harness.servers import ServeProcess, client_config, running_server, server_config
 
 pytestmark = pytest.mark.anyio
@@ -196,6 +197,26 @@ async def test_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
         await wait_for(lambda: server.output().count("reloaded config") == 2)
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=15) == 0
+
+
+async def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    # SIGKILL (an OOM kill, `kill -9`, a crashed supervisor) cannot be forwarded: the
+    # workers must notice on their own, or they keep the port and its clients forever
+    # and a restarted supervisor's workers share the port with orphans.
+    path = tmp_path / "server_config.json"
+    write(path, drain_seconds=0.5)
+    with ServeProcess("--config", str(path), "--workers", "2") as server:
+        await wait_for(lambda: server.output().count("listening on") == 2, timeout=20)
+        client = await RawClient.connect(server.port)
+        await client.handshake(Keyring(OLD))
+        workers = server.kill_supervisor_only()
+        assert len(workers) == 2
+        # The workers drain (the client gets its going-away close) and exit.
+        close = await client.wait_closed(timeout=10)
+        assert close is not None
+        assert close.code == 1001
+        await wait_for(lambda: not any(alive(pid) for pid in workers), timeout=10)
+        assert "supervisor" in server.output()
 
 
 async def test_one_truth_per_tick_across_servers() -> None:

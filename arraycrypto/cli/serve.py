@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,6 +94,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 await tg.start(server.run, args.workers != "1")
                 if args.gc_policy == "frozen":
                     tg.start_soon(keep_frozen)
+                if args.worker is not None:
+                    tg.start_soon(_watch_supervisor, os.getppid())
                 await _until_stopped(server, received, tg, args)
 
     backend, options = _backend(args.backend)
@@ -140,6 +143,20 @@ async def _until_stopped(
         draining = True
 
         tg.start_soon(_drain_then_stop, server, seconds, tg)
+
+
+async def _watch_supervisor(supervisor: int) -> None:
+    """A worker whose supervisor is gone drains and exits, as on SIGTERM.
+
+    A SIGKILLed supervisor (``kill -9``, the OOM killer) forwards nothing: without this
+    its workers would keep the port, and a restarted supervisor's workers would share
+    it with orphans nobody supervises. Reparenting changes ``getppid()``; a poll each
+    second costs nothing and works wherever the supervisor does.
+    """
+    while os.getppid() == supervisor:
+        await anyio.sleep(1.0)
+    logger.warning("the supervisor (pid %d) is gone: stopping this worker", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)  # the one stop path: drain, then exit
 
 
 async def _drain_then_stop(server: Server, seconds: float, tg: anyio.abc.TaskGroup) -> None:

@@ -11,9 +11,10 @@ the same bytes).
 The supervisor creates the config file if it is missing (once, before any worker),
 reserves the port, starts the workers, forwards SIGTERM, SIGINT and SIGHUP to all of
 them, restarts a worker that dies (logged, with a growing pause if it keeps dying) and
-exits once every worker has stopped. The workers share a directory where each writes
-its metrics every second, so a scrape of ``/metrics`` on the port, whichever worker
-answers it, shows every worker under a ``worker`` label.
+exits once every worker has stopped. A worker whose supervisor is killed outright
+(nothing forwarded) notices within a second, drains and exits. The workers share a
+directory where each writes its metrics every second, so a scrape of ``/metrics`` on
+the port, whichever worker answers it, shows every worker under a ``worker`` label.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["children", "cpu_seconds", "fd_count", "rss_kib"]
+__all__ = ["alive", "children", "cpu_seconds", "fd_count", "rss_kib"]
 
 
 def fd_count(pid: int | None = None) -> int:
@@ -42,3 +42,13 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(entry))
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie, exited but not reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -7,6 +7,7 @@ so a chatty server can never block on a full pipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ from arraycrypto import CryptoConfig, ServerConfig
 from arraycrypto.server import Server
 
 from .constants import HOST, SECRET
+from .proc import children
 
 __all__ = [
     "LISTENING",
@@ -126,6 +128,7 @@ class ServeProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self._offset = 0  # where this start's output begins in the log
+        self._orphans: list[int] = []  # workers left by kill_supervisor_only()
 
     def start(self, timeout: float = 30.0) -> int:
         """Start the server and return its port, once it says it listens."""
@@ -189,11 +192,26 @@ class ServeProcess:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
-        """SIGKILL the server and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGKILL the server and reap it; with ``--workers``, its workers too."""
+        if self.proc is None:
+            return
+        workers = children(self.proc.pid) if self.proc.poll() is None else []
+        if self.proc.poll() is None:
             self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
+        self.proc.wait(timeout=10)
+        # A test ends every process it starts, even the one it means to orphan.
+        for pid in workers + self._orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._orphans = []
+
+    def kill_supervisor_only(self) -> list[int]:
+        """SIGKILL the server but not its workers (they are killed at :meth:`stop`)."""
+        assert self.proc is not None
+        self._orphans = children(self.proc.pid)
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        return self._orphans
 
     def stop(self) -> None:
         """End the server (killing it if it still runs)."""
