@@ -3,6 +3,7 @@
     python -m scripts.chaos kill       # SIGKILL + restart while 1000 clients encrypt
     python -m scripts.chaos stalled    # 10% of 1000 clients stop reading
     python -m scripts.chaos storm      # 10 000 clients, server restarted
+    python -m scripts.chaos storm --workers 2   # the same against two workers
     python -m scripts.chaos all [--json]
     python -m scripts.chaos rotate     # the secret rotates by reload under 1000 clients
     python -m scripts.chaos soak --minutes 30       # memory under churn (scripts/soak.py)
@@ -35,11 +36,11 @@ from tests.harness.servers import ServeProcess, fetch_metric
 MODULE = "scripts.chaos"  # children run as `python -m scripts.chaos`
 
 
-def serve_process(tmp: Path, **config: Any) -> ServeProcess:
+def serve_process(tmp: Path, workers: int = 1, **config: Any) -> ServeProcess:
     """``arraycrypto serve`` with a config file written from ``config``; restartable."""
     path = tmp / "server_config.json"
     save_config(path, ServerConfig(secret_key=SECRET, host=HOST, port=0, **config))
-    return ServeProcess("--config", str(path), log=tmp / "server.log")
+    return ServeProcess("--config", str(path), "--workers", str(workers), log=tmp / "server.log")
 
 
 def child(*args: str) -> Any:
@@ -320,10 +321,11 @@ async def storm_clients(port: int, n: int) -> None:
     storm.closing = True
 
 
-def scenario_storm(n: int = 10_000) -> dict[str, Any]:
+def scenario_storm(n: int = 10_000, workers: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         server = serve_process(
             Path(tmp),
+            workers,
             tick_interval=1.0,
             max_connections=raise_fd_limit() - 100,
             ping_interval=60,
@@ -344,6 +346,7 @@ def scenario_storm(n: int = 10_000) -> dict[str, Any]:
             server.kill()
     return {
         "clients": n,
+        "workers": workers,
         "initial_connect_s": round(initial, 2),
         "all_reauthenticated_s_after_restart": round(result["last_auth"] - restarted, 2),
         "first_reauthenticated_s_after_restart": round(result["first_auth"] - restarted, 2),
@@ -372,9 +375,19 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=["kill", "stalled", "storm", "all"])
+    parser.add_argument(
+        "--clients", type=int, default=10_000, help="storm: clients (default 10 000)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="storm: the server's --workers (default 1)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    runs = {"kill": scenario_kill, "stalled": scenario_stalled, "storm": scenario_storm}
+    runs = {
+        "kill": scenario_kill,
+        "stalled": scenario_stalled,
+        "storm": lambda: scenario_storm(args.clients, args.workers),
+    }
     chosen = list(runs) if args.scenario == "all" else [args.scenario]
     results = {}
     for name in chosen:
