@@ -1,7 +1,7 @@
 """Soak: does memory stay flat under churn, for weeks? Slopes from a run of minutes.
 
     python -m scripts.chaos soak --minutes 30              # the documented run
-    python -m scripts.chaos soak --minutes 3 --warmup 1 --check   # the CI variant
+    python -m scripts.chaos soak --minutes 3 --warmup 1 --every 10 --max-slope 200 --check  # CI
     python -m scripts.chaos client-soak --minutes 10       # one client, 0.01 s ticks
 
 ``soak``: ``arraycrypto serve`` (tick 0.5 s, ping 5 s) with 1 000 light clients of which
@@ -251,7 +251,9 @@ def soak(args: argparse.Namespace) -> int:
             clients = spawn(MODULE, "_real", str(server.port), str(seconds + args.every))
             read_tagged(clients, "READY", 60)
             started = time.monotonic()
-            while time.monotonic() - started < seconds:
+            # Every sample under load: the churn began a little before `started` and
+            # stops `seconds` after it began, so stop sampling a second early.
+            while time.monotonic() - started + args.every < seconds - 1.0:
                 time.sleep(args.every)
                 minute = (time.monotonic() - started) / 60
                 samples.append((minute, sample(server, clients.pid)))
