@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .common import client_main
+from .common import CommandError, client_main, quiet_exit_on_closed_stdout
 from .crypt import run_decrypt, run_encrypt
 from .peek import run_inspect
 from .serve import run_serve
@@ -120,8 +120,34 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit code."""
+    """Run the command line; return the process exit code.
+
+    Every failure is one line on stderr (``arraycrypto: ...``) and a non-zero exit: 2
+    for usage and configuration errors, 1 for failures at run time. A closed stdout
+    (``arraycrypto watch | head -2``) ends the command quietly with 0.
+    """
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
-    sys.stdout.flush()
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_exit_on_closed_stdout()
+        return 0
+    except CommandError as exc:
+        return _fail(str(exc), exc.code)
+    except KeyboardInterrupt:
+        return 130  # the shell's code for SIGINT; the user knows why
+    except OSError as exc:  # the last resort: a file or the system refused something
+        return _fail(_os_error(exc), 1)
     return code
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"arraycrypto: {message}", file=sys.stderr)
+    return code
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -23,6 +23,7 @@ from ..core.envelope import SnapshotCipher
 from ..core.exceptions import CryptoError
 from ..core.keyring import Keyring
 from ..streaming import decrypt_file, encrypt_file, expires_at_ms
+from .common import CommandError
 from .progress import known_size, progress_bar
 
 __all__ = ["SINGLE_SHOT_LIMIT", "run_decrypt", "run_encrypt"]
@@ -37,7 +38,11 @@ def open_input(path: str | None) -> Iterator[BinaryIO]:
     if path is None or path == "-":
         yield sys.stdin.buffer
         return
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; only the open is an input error
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
         yield f
 
 
@@ -52,11 +57,17 @@ def open_output(path: str | None) -> Iterator[BinaryIO]:
         yield sys.stdout.buffer
         return
     target = Path(path)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
-        os.replace(temp, target)
+        try:
+            os.replace(temp, target)
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc.strerror}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)

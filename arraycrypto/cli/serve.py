@@ -15,7 +15,6 @@ With ``--workers N`` the process supervises N workers on the same port
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ import msgspec
 
 from ..core.config import ServerConfig, load_server_config
 from ..core.exceptions import ConfigError
-from .common import apply_log_level, setup_logging
+from .common import CommandError, apply_log_level, require_backend, setup_logging
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -64,17 +63,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..server.tuning import tune_process
 
     setup_logging(args.verbose, worker=args.worker)
-    if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        logger.error("--backend uvloop needs uvloop: pip install uvloop")
-        return 2
+    require_backend(args.backend)
     path = Path(args.config)
     created = not path.exists()
     try:
         config = load(args)
         server = Server(config, worker=args.worker, metrics_dir=args.metrics_dir)
     except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise CommandError(str(exc), code=2) from None
     if args.worker is None:
         logger.info("%s config %s", "created" if created else "using", path.resolve())
     if not args.verbose:
@@ -98,8 +94,7 @@ def run_serve(args: argparse.Namespace) -> int:
         failed = group
     if failed is not None:
         reason = "; ".join(str(exc) for exc in failed.exceptions)
-        logger.error("cannot listen on %s:%d: %s", config.host, config.port, reason)
-        return 1
+        raise CommandError(f"cannot listen on {config.host}:{config.port}: {reason}")
     logger.info("stopped")
     return 0
 

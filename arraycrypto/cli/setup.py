@@ -9,6 +9,7 @@ import sys
 from ..core.config import CryptoConfig, load_server_config, save_config
 from ..core.exceptions import ConfigError
 from ..core.keys import generate_secret
+from .common import CommandError
 
 __all__ = ["run_client_config", "run_keygen"]
 
@@ -30,7 +31,8 @@ def run_client_config(args: argparse.Namespace) -> int:
     try:
         save_config(args.output, config, exclusive=True)
     except FileExistsError:
-        print(f"arraycrypto: {args.output} exists; not overwriting it", file=sys.stderr)
-        return 1
+        raise CommandError(f"{args.output} exists; not overwriting it") from None
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
     print(f"wrote {args.output} (mode 0600) for {args.url}", file=sys.stderr)
     return 0

@@ -36,7 +36,7 @@ import anyio
 import anyio.abc
 
 from ..core.exceptions import ConfigError
-from .common import setup_logging
+from .common import CommandError, require_backend, setup_logging
 
 __all__ = ["supervise", "worker_count"]
 
@@ -64,12 +64,12 @@ def supervise(args: argparse.Namespace) -> int:
     from .serve import load
 
     setup_logging(args.verbose)
+    require_backend(args.backend)
     try:
         count = worker_count(args.workers)
         config = load(args)  # creates the file once, before any worker could race to
     except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise CommandError(str(exc), code=2) from None
     # Reserve the port (and learn it, for port 0): a socket in the same SO_REUSEPORT
     # group that never listens, so it receives no connection.
     reserve = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
@@ -77,9 +77,10 @@ def supervise(args: argparse.Namespace) -> int:
     try:
         reserve.bind((config.host, config.port))
     except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror)
         reserve.close()
-        return 1
+        raise CommandError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+        ) from None
     port = reserve.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="arraycrypto-metrics-")
     try:

@@ -24,7 +24,10 @@ logger = logging.getLogger("arraycrypto")
 def run_watch(args: argparse.Namespace, config: CryptoConfig) -> int:
     from ..client import CryptoClient
 
+    reader_gone = False
+
     async def main() -> None:
+        nonlocal reader_gone
         received = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         with anyio.open_signal_receiver(*received) as signals:
             async with anyio.create_task_group() as tg, CryptoClient(config) as client:
@@ -45,8 +48,15 @@ def run_watch(args: argparse.Namespace, config: CryptoConfig) -> int:
                 tg.start_soon(stop)
                 async for snapshot in client.watch():
                     line = m.encode(m.SnapshotMessage.from_snapshot(snapshot))
-                    sys.stdout.buffer.write(line + b"\n")
-                    sys.stdout.buffer.flush()
+                    try:
+                        sys.stdout.buffer.write(line + b"\n")
+                        sys.stdout.buffer.flush()
+                    except BrokenPipeError:  # the reader left (`| head`): we are done
+                        reader_gone = True
+                        tg.cancel_scope.cancel()
+                        return
 
     anyio.run(main, backend=args.backend)
+    if reader_gone:  # outside the task group: main() makes it a quiet exit
+        raise BrokenPipeError
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -232,9 +231,12 @@ def load_server_config(path: str | os.PathLike[str], *, create: bool = True) -> 
     """
     p = Path(path)
     if create and not p.exists():
-        # FileExistsError: another process created it first; use theirs.
-        with contextlib.suppress(FileExistsError):
+        try:
             save_config(p, ServerConfig(secret_key=generate_secret()), exclusive=True)
+        except FileExistsError:
+            pass  # another process created it first; use theirs
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot create config file ({exc.strerror})") from None
     return _load(p, ServerConfig)
 
 
