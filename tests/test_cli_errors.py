@@ -209,3 +209,17 @@ def test_watch_backend_trio_without_trio(tmp_path: Path, without_trio: dict[str,
     assert result.returncode == 2
     assert "pip install 'arraycrypto[trio]'" in one_line_error(result)
 
+
+def test_optional_backends_are_installable_extras() -> None:
+    """``pip install 'arraycrypto[trio]'`` brings trio, as the error and README say."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert any(req.startswith("trio") for req in extras["trio"])
+    assert any(req.startswith("uvloop") for req in extras["uvloop"])
+    assert any(req.startswith("trio") for req in extras["test"])  # the suite runs both
+    readme = (root / "README.md").read_text()
+    assert "pip install 'arraycrypto[trio]'" in readme
+    assert "arraycrypto[uvloop]" in readme
