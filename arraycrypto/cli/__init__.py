@@ -78,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         if name != "watch":
             cmd.add_argument(
-                "--associated-data", default="", help="extra authenticated data (text)"
+                "--associated-data",
+                type=str.encode,
+                default=b"",
+                help="extra authenticated data (text)",
+            )
+            cmd.add_argument(
+                "--force",
+                action="store_true",
+                help="write binary output even to a terminal",
             )
             cmd.add_argument("-i", "--input", help="read this file instead of stdin")
             cmd.add_argument(
@@ -87,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="write this file (mode 0600, replaced only on success) instead of stdout",
             )
         if name == "encrypt":
+            cmd.add_argument(
+                "-a",
+                "--armor",
+                action="store_true",
+                help="ASCII-armored text (-----BEGIN ARRAYCRYPTO MESSAGE-----) instead of"
+                " binary; decrypt recognises it by itself",
+            )
             cmd.add_argument(
                 "--expires-in",
                 type=_positive_seconds,

@@ -18,13 +18,16 @@ from typing import BinaryIO, Final
 
 import anyio
 
+from ..core.armor import is_armored
 from ..core.config import CryptoConfig
 from ..core.envelope import SnapshotCipher
+from ..core.envelope2 import MAX_HEADER_SIZE
 from ..core.exceptions import CryptoError
 from ..core.keyring import Keyring
-from ..streaming import decrypt_file, encrypt_file, expires_at_ms
+from ..streaming import BinaryReader, BinaryWriter, decrypt_file, encrypt_file, expires_at_ms
 from .common import CommandError
 from .progress import known_size, progress_bar
+from .textio import ArmorReader, ArmorWriter, TerminalGuard
 
 __all__ = ["SINGLE_SHOT_LIMIT", "run_decrypt", "run_encrypt"]
 
@@ -74,7 +77,7 @@ def open_output(path: str | None) -> Iterator[BinaryIO]:
         raise
 
 
-def _read_up_to(src: BinaryIO, limit: int) -> bytes:
+def _read_up_to(src: BinaryReader, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     while size < limit and (chunk := src.read(limit - size)):
@@ -98,43 +101,80 @@ def _fetch_cipher(config: CryptoConfig) -> SnapshotCipher:
     return anyio.run(main)
 
 
+def _to_terminal(args: argparse.Namespace) -> bool:
+    return args.output in (None, "-") and sys.stdout.isatty()
+
+
 def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
+    if _to_terminal(args) and not args.armor and not args.force:
+        # Before connecting: nothing to undo, and the answer is at once.
+        raise CommandError(
+            "refusing to write binary ciphertext to a terminal:"
+            " use --armor for text, -o FILE, a pipe, or --force",
+            code=2,
+        )
     cipher = _fetch_cipher(config)
-    associated_data = args.associated_data.encode()
-    with open_input(args.input) as src, open_output(args.output) as dst:
+    associated_data = args.associated_data
+    with open_input(args.input) as src, open_output(args.output) as raw:
+        dst: BinaryWriter = ArmorWriter(raw) if args.armor else raw
         total = known_size(src)
         head = _read_up_to(src, SINGLE_SHOT_LIMIT + 1)
         expires_at = expires_at_ms(args.expires_in)  # the sender's clock, as late as possible
         if len(head) <= SINGLE_SHOT_LIMIT:
             dst.write(cipher.encrypt(head, associated_data, expires_at=expires_at))
-            return 0
-        bar = progress_bar("encrypt", total)
-        try:
-            encrypt_file(
-                cipher, src, dst, associated_data, expires_at=expires_at, progress=bar, prefix=head
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        else:
+            bar = progress_bar("encrypt", total)
+            try:
+                encrypt_file(
+                    cipher,
+                    src,
+                    dst,
+                    associated_data,
+                    expires_at=expires_at,
+                    progress=bar,
+                    prefix=head,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
+        if isinstance(dst, ArmorWriter):
+            dst.finish()
     return 0
+
+
+#: Bytes looked at before decrypting: enough to see an armor's BEGIN line after some
+#: blank lines, and a whole envelope header.
+_SNIFF_SIZE: Final = 1024
 
 
 def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
     # Offline: the keyring alone decrypts; no server is contacted. The clock is always
     # read: a ciphertext dated beyond max_drift in the future is refused, --ttl or not.
     keyring = Keyring(config.secret_key, old=config.old_secret_keys, next=config.next_secret_keys)
-    with open_input(args.input) as src, open_output(args.output) as dst:
-        bar = progress_bar("decrypt", known_size(src))
-        written = _Counting(dst)
+    with open_input(args.input) as raw, open_output(args.output) as dst:
+        total = known_size(raw)
+        src: BinaryReader = raw
+        head = _read_up_to(raw, _SNIFF_SIZE)
+        if is_armored(head):  # detected by its first line: no flag needed
+            src = ArmorReader(raw, head)
+            head = _read_up_to(src, MAX_HEADER_SIZE)
+            # 48 bytes of envelope per 65-byte line: the bar's total, near enough.
+            total = None if total is None else total * 48 // 65
+        bar = progress_bar("decrypt", total)
+        out: BinaryWriter = dst
+        if _to_terminal(args) and not args.force:
+            out = TerminalGuard(dst, "plaintext")
+        written = _Counting(out)
         try:
             decrypt_file(
                 keyring,
                 src,
                 written,
-                args.associated_data.encode(),
+                args.associated_data,
                 ttl=args.ttl,
                 max_drift=config.max_drift,
                 progress=bar,
+                prefix=head,
             )
         except CryptoError:
             if written.count and args.output in (None, "-"):
@@ -153,7 +193,7 @@ def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
 class _Counting:
     """A writer that counts what went through (to say whether partial output exists)."""
 
-    def __init__(self, dst: BinaryIO) -> None:
+    def __init__(self, dst: BinaryWriter) -> None:
         self.dst = dst
         self.count = 0
 
