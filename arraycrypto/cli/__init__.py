@@ -15,6 +15,8 @@ from .watch import run_watch
 
 __all__ = ["build_parser", "main"]
 
+_MAX_ASSOCIATED_DATA = 1 << 20
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``arraycrypto`` command."""
@@ -77,11 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", default="client_config.json", help="client config file")
         cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         if name != "watch":
-            cmd.add_argument(
+            data = cmd.add_mutually_exclusive_group()
+            data.add_argument(
                 "--associated-data",
                 type=str.encode,
                 default=b"",
-                help="extra authenticated data (text)",
+                metavar="TEXT",
+                help="extra authenticated data, not stored: decrypt needs the same (UTF-8)",
+            )
+            data.add_argument(
+                "--associated-data-hex",
+                dest="associated_data",
+                type=_hex,
+                metavar="HEX",
+                help="the same, binary, given in hexadecimal",
+            )
+            data.add_argument(
+                "--associated-data-file",
+                dest="associated_data",
+                type=_file_bytes,
+                metavar="FILE",
+                help="the same, binary, read from FILE",
             )
             cmd.add_argument(
                 "--force",
@@ -122,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="one JSON object")
     inspect.set_defaults(func=run_inspect)
     return parser
+
+
+def _hex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not hexadecimal") from None
+
+
+def _file_bytes(path: str) -> bytes:
+    # Associated data is held whole, next to every segment's AAD: keep it small.
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_ASSOCIATED_DATA + 1)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > _MAX_ASSOCIATED_DATA:
+        raise argparse.ArgumentTypeError(f"{path} is larger than 1 MiB")
+    return data
 
 
 def _positive_seconds(text: str) -> float:

@@ -22,8 +22,10 @@ from ..core.armor import is_armored
 from ..core.config import CryptoConfig
 from ..core.envelope import SnapshotCipher
 from ..core.envelope2 import MAX_HEADER_SIZE
-from ..core.exceptions import CryptoError
+from ..core.exceptions import CryptoError, DecryptionError
 from ..core.keyring import Keyring
+from ..core.keys import Key
+from ..core.peek import diagnose
 from ..streaming import BinaryReader, BinaryWriter, decrypt_file, encrypt_file, expires_at_ms
 from .common import CommandError
 from .progress import known_size, progress_bar
@@ -142,6 +144,16 @@ def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
     return 0
 
 
+_OPAQUE_CAUSES: Final = (
+    "(the ciphertext was changed or cut short, or --associated-data differs from the sender's)"
+)
+
+
+def _key_ids(config: CryptoConfig) -> list[bytes]:
+    secrets = (config.secret_key, *config.next_secret_keys, *config.old_secret_keys)
+    return [Key(secret).key_id for secret in secrets]
+
+
 #: Bytes looked at before decrypting: enough to see an armor's BEGIN line after some
 #: blank lines, and a whole envelope header.
 _SNIFF_SIZE: Final = 1024
@@ -160,6 +172,11 @@ def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
             head = _read_up_to(src, MAX_HEADER_SIZE)
             # 48 bytes of envelope per 65-byte line: the bar's total, near enough.
             total = None if total is None else total * 48 // 65
+        # Before any key is used: what needs no secret to tell (not an envelope at all,
+        # a key id this keyring lacks). Past that, one opaque error for everything.
+        problem = diagnose(head, _key_ids(config))
+        if problem is not None:
+            raise CommandError(problem)
         bar = progress_bar("decrypt", total)
         out: BinaryWriter = dst
         if _to_terminal(args) and not args.force:
@@ -176,13 +193,16 @@ def run_decrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
                 progress=bar,
                 prefix=head,
             )
-        except CryptoError:
+        except CryptoError as exc:
             if written.count and args.output in (None, "-"):
                 print(
                     "arraycrypto: the stream failed after some verified plaintext was"
                     " written: that output is incomplete, discard it",
                     file=sys.stderr,
                 )
+            if isinstance(exc, DecryptionError):
+                # The same words whatever failed: they name every cause, tell none apart.
+                raise CommandError(f"DecryptionError: {exc} {_OPAQUE_CAUSES}") from None
             raise
         finally:
             if bar is not None:
