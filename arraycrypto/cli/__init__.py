@@ -56,9 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     client_config = sub.add_parser(
         "client-config", help="write a client_config.json with the server's secret (0600)"
     )
-    client_config.add_argument("--server-config", default="server_config.json")
-    client_config.add_argument("--url", default="http://localhost:8000", help="server_url")
-    client_config.add_argument("--output", default="client_config.json")
+    client_config.add_argument(
+        "--server-config",
+        default="server_config.json",
+        metavar="FILE",
+        help="the server's config: its secret, port and path (default: %(default)s)",
+    )
+    client_config.add_argument(
+        "--url",
+        help="the client's server_url (default: the server config's port and path on"
+        " localhost, e.g. http://localhost:8000)",
+    )
+    client_config.add_argument(
+        "--output",
+        default="client_config.json",
+        metavar="FILE",
+        help="where to write it, mode 0600; never overwritten (default: %(default)s)",
+    )
     client_config.set_defaults(func=run_client_config)
 
     for name, func, text in (

@@ -6,7 +6,7 @@ import argparse
 import base64
 import sys
 
-from ..core.config import CryptoConfig, load_server_config, save_config
+from ..core.config import CryptoConfig, load_server_config, save_config, server_url_for
 from ..core.exceptions import ConfigError
 from ..core.keys import generate_secret
 from .common import CommandError
@@ -24,15 +24,15 @@ def run_client_config(args: argparse.Namespace) -> int:
     """Write a client config holding the server's secret (0600, never overwritten)."""
     try:
         server = load_server_config(args.server_config, create=False)
-        config = CryptoConfig(server_url=args.url, secret_key=server.secret_key)
+        url = args.url or server_url_for(server)
+        config = CryptoConfig(server_url=url, secret_key=server.secret_key)
     except ConfigError as exc:
-        print(f"arraycrypto: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc), code=2) from None
     try:
         save_config(args.output, config, exclusive=True)
     except FileExistsError:
         raise CommandError(f"{args.output} exists; not overwriting it") from None
     except OSError as exc:
         raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
-    print(f"wrote {args.output} (mode 0600) for {args.url}", file=sys.stderr)
+    print(f"wrote {args.output} (mode 0600) for {url}", file=sys.stderr)
     return 0

@@ -171,7 +171,11 @@ class Connector:
                 error = exc
                 attempt = _AUTH_FAILED_ATTEMPT
             except (*STREAM_ERRORS, ProtocolError, TimeoutError, ssl.SSLError) as exc:
-                error = ConnectionFailed(describe(exc))
+                reason = describe(exc)
+                tried = websocket_url(url)
+                if isinstance(exc, ProtocolError) and tried != url:
+                    reason = f"{tried}: {reason}"  # the URL the server refused
+                error = ConnectionFailed(reason)
                 logger.info("%s: connection failed: %s", url, error)
             self._sink.disconnected(url, error)
             if subscribed:

@@ -26,6 +26,7 @@ __all__ = [
     "load_client_config",
     "load_server_config",
     "save_config",
+    "server_url_for",
     "websocket_url",
 ]
 
@@ -270,3 +271,20 @@ def websocket_url(server_url: str, path: str = "/ws") -> str:
             prefix = ("/" + prefix).rstrip("/") if slash else ""
             return f"{ws}{authority}{prefix}{path}"
     raise ConfigError("server URLs must start with http://, https://, ws:// or wss://")
+
+
+def server_url_for(config: ServerConfig) -> str:
+    """The ``server_url`` that reaches the server of ``config`` from the same machine.
+
+    Its port and its scheme (TLS or not); ``localhost`` for a wildcard host. A ``path``
+    ending in ``/ws`` gives an ``http(s)://`` URL (the client adds ``/ws``, and the HTTP
+    routes sit beside it); any other path a ``ws(s)://`` URL with that path, used as it
+    is (PROTOCOL.md, section 4).
+    """
+    host = "localhost" if config.host in ("0.0.0.0", "::", "") else config.host
+    if ":" in host:
+        host = f"[{host}]"
+    tls = config.tls_certfile is not None
+    if config.path.endswith("/ws"):
+        return f"{'https' if tls else 'http'}://{host}:{config.port}{config.path[:-3]}"
+    return f"{'wss' if tls else 'ws'}://{host}:{config.port}{config.path}"
