@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="every decrypt refuses the ciphertext after this long (plus max_drift)",
             )
         if name == "decrypt":
-            cmd.add_argument("--ttl", type=float, help="reject ciphertexts older than this (s)")
+            cmd.add_argument(
+                "--ttl",
+                type=_positive_seconds,
+                metavar="SECONDS",
+                help="also refuse ciphertexts made longer ago than this",
+            )
         if name == "watch":
             cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
         cmd.set_defaults(func=client_main, client_func=func)

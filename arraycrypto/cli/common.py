@@ -83,7 +83,8 @@ def apply_log_level(name: str) -> None:
 
 def client_main(args: argparse.Namespace) -> int:
     """Run encrypt / decrypt / watch; map our errors to a message and exit code 1."""
-    setup_logging(args.verbose, level=logging.WARNING)
+    # watch runs for long: its connection's ups and downs (INFO) are worth seeing.
+    setup_logging(args.verbose, level=logging.INFO if args.command == "watch" else logging.WARNING)
     if hasattr(args, "backend"):
         require_backend(args.backend)
     try:

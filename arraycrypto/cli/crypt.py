@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -115,6 +116,11 @@ def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
             " use --armor for text, -o FILE, a pipe, or --force",
             code=2,
         )
+    if not args.verbose:
+        # One attempt, and its failure is this command's error message, which says it
+        # all (the reason, the last refused snapshot): the client's own log lines
+        # about it would say it twice.
+        logging.getLogger("arraycrypto.client").setLevel(logging.CRITICAL)
     cipher = _fetch_cipher(config)
     associated_data = args.associated_data
     with open_input(args.input) as src, open_output(args.output) as raw:

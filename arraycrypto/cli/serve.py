@@ -76,7 +76,18 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.verbose:
         apply_log_level(config.log_level)
     # Process-wide settings are the application's, and this is the application.
-    tune_process(config.max_connections)
+    if args.worker:
+        # Workers share one limit (the supervisor's, inherited): worker 0 alone says
+        # it is too low, so an operator reads it once, not once per worker.
+        tuning_log = logging.getLogger("arraycrypto.server")
+        level = tuning_log.level
+        tuning_log.setLevel(logging.ERROR)
+        try:
+            tune_process(config.max_connections)
+        finally:
+            tuning_log.setLevel(level)
+    else:
+        tune_process(config.max_connections)
 
     async def main() -> None:
         # Listen for signals before serving, so an early one is not missed.

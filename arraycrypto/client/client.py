@@ -124,6 +124,7 @@ class CryptoClient:
         self._changed = anyio.Event()
         self._auth_error: AuthenticationError | None = None
         self._lost_at: float | None = None  # monotonic time the connection was lost
+        self._outage_told = False  # the current outage was logged (once is enough)
         self._failure: str | None = None  # why the last connection attempt ended
         self._rejected: str | None = None  # why the last rejected snapshot was rejected
         # Weak: an abandoned iterator (a `break` out of `async for`) just goes away.
@@ -461,6 +462,13 @@ class CryptoClient:
 
     def connected(self, url: str, session_id: str) -> None:
         """Sink: the server at ``url`` proved it holds the secret."""
+        # State changes are logged, once each: connected, lost, reconnected. The
+        # attempts in between are not (they are debug lines of the connector).
+        if self._lost_at is not None:
+            logger.info("reconnected to %s after %.1f s", url, time.monotonic() - self._lost_at)
+        else:
+            logger.info("connected to %s", url)
+        self._outage_told = False
         self._auth_error = None
         self.server_url = url
         self.session_id = session_id
@@ -489,8 +497,17 @@ class CryptoClient:
         """Sink: the attempt at ``url`` ended."""
         self.server_url = None
         if isinstance(error, AuthenticationError):
-            self._auth_error = error
+            self._auth_error = error  # the connector logs it, as an error
         elif error is not None:
             self._failure = f"{url}: {error or type(error).__name__}"
-        if not self.closed:
-            self._set_state(ConnectionState.DISCONNECTED)
+        if self.closed:
+            return
+        reason = str(error) if error is not None else "closed by the server"
+        if self._state is ConnectionState.CONNECTED:
+            logger.warning("lost connection to %s: %s; reconnecting", url, reason)
+            self._outage_told = True
+        elif not self._outage_told and not isinstance(error, AuthenticationError):
+            # Once per outage: the retries that follow say nothing until one succeeds.
+            logger.warning("cannot connect to %s: %s; retrying", url, reason)
+            self._outage_told = True
+        self._set_state(ConnectionState.DISCONNECTED)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -31,6 +34,9 @@ __all__ = [
 ]
 
 _MAX_CONFIG_FILE = 1 << 20
+logger = logging.getLogger("arraycrypto.config")
+#: A config file that holds a secret itself (a name, not a secret_key_file).
+_HOLDS_SECRET = re.compile(rb'"(secret_key|old_secret_keys|next_secret_keys)"\s*:')
 #: The log levels a config may name.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -195,12 +201,37 @@ class CryptoConfig(_Config, kw_only=True):
 _C = TypeVar("_C", ServerConfig, CryptoConfig)
 
 
+_warned: set[str] = set()  # files already warned about, by path: said once per process
+
+
+def warn_if_readable_by_others(path: Path, mode: int) -> None:
+    """Warn (once per file) that a file holding a secret is open to others, as ssh does.
+
+    Any group or other permission bit counts: a secret must be the owner's alone. The
+    warning names the file and the fix, never the secret.
+    """
+    bits = stat.S_IMODE(mode)
+    if not bits & 0o077 or str(path) in _warned:
+        return
+    _warned.add(str(path))
+    logger.warning(
+        "permissions %04o for %s are too open: it holds a secret that others on this"
+        " machine can read; chmod 600 %s",
+        bits,
+        path,
+        path,
+    )
+
+
 def _load(path: Path, kind: type[_C]) -> _C:
     try:
         with path.open("rb") as f:
             raw = f.read(_MAX_CONFIG_FILE + 1)
+            mode = os.fstat(f.fileno()).st_mode
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    if _HOLDS_SECRET.search(raw):
+        warn_if_readable_by_others(path, mode)
     if len(raw) > _MAX_CONFIG_FILE:
         raise ConfigError(f"{path}: config file is larger than 1 MiB")
     try:
