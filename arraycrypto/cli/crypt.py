@@ -116,7 +116,7 @@ def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
             " use --armor for text, -o FILE, a pipe, or --force",
             code=2,
         )
-    if not args.verbose:
+    if args.log_level is None:
         # One attempt, and its failure is this command's error message, which says it
         # all (the reason, the last refused snapshot): the client's own log lines
         # about it would say it twice.

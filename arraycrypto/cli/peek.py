@@ -11,7 +11,7 @@ from ..core.envelope2 import MAX_HEADER_SIZE
 from ..core.isotime import iso8601_utc
 from ..core.peek import NOT_AUTHENTICATED, describe, peek
 from ..streaming import BinaryReader
-from .common import CommandError
+from .common import CommandError, setup_logging
 from .crypt import _SNIFF_SIZE, _read_up_to, open_input
 from .progress import known_size
 from .textio import ArmorReader
@@ -20,6 +20,7 @@ __all__ = ["run_inspect"]
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, "warning")
     with open_input(args.input) as raw:
         total = known_size(raw)
         src: BinaryReader = raw

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,7 +46,7 @@ def _backend(name: str) -> tuple[str, dict[str, object]]:
 
 def load(args: argparse.Namespace, *, create: bool = True) -> ServerConfig:
     """The config file with the command line's overrides (the same at every reload)."""
-    config = load_server_config(Path(args.config), create=create)
+    config = load_server_config(Path(args.config), create=create, env=os.environ)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
@@ -62,18 +63,24 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..server import Server
     from ..server.tuning import tune_process
 
-    setup_logging(args.verbose, worker=args.worker)
+    json_logs = args.log_format == "json"
+    setup_logging(args.log_level, worker=args.worker, json_format=json_logs)
     require_backend(args.backend)
     path = Path(args.config)
-    created = not path.exists()
+    existed = path.exists()
     try:
         config = load(args)
         server = Server(config, worker=args.worker, metrics_dir=args.metrics_dir)
     except ConfigError as exc:
         raise CommandError(str(exc), code=2) from None
     if args.worker is None:
-        logger.info("%s config %s", "created" if created else "using", path.resolve())
-    if not args.verbose:
+        if existed:
+            logger.info("using config %s", path.resolve())
+        elif path.exists():
+            logger.info("created config %s", path.resolve())
+        else:
+            logger.info("no config file %s: using the environment", path.resolve())
+    if args.log_level is None:  # the command line's level wins over the config's
         apply_log_level(config.log_level)
     # Process-wide settings are the application's, and this is the application.
     if args.worker:
@@ -148,5 +155,5 @@ def _reload(server: Server, args: argparse.Namespace) -> None:
     except ConfigError as exc:
         logger.error("reload failed, keeping the running config: %s", exc)
         return
-    if not args.verbose:
+    if args.log_level is None:
         apply_log_level(config.log_level)

@@ -63,7 +63,7 @@ def supervise(args: argparse.Namespace) -> int:
     """Run ``--workers`` workers until a signal stops them; 0 on a clean stop."""
     from .serve import load
 
-    setup_logging(args.verbose)
+    setup_logging(args.log_level, json_format=args.log_format == "json")
     require_backend(args.backend)
     try:
         count = worker_count(args.workers)
@@ -99,7 +99,8 @@ async def _run(args: argparse.Namespace, count: int, host: str, port: int, metri
         cmd += ["--host", host, "--port", str(port)]
         cmd += ["--backend", args.backend, "--workers", str(count)]
         cmd += ["--worker", str(worker), "--metrics-dir", metrics_dir]
-        return [*cmd, "-v"] if args.verbose else cmd
+        cmd += ["--log-format", args.log_format]
+        return [*cmd, "--log-level", args.log_level] if args.log_level else cmd
 
     async def keep(worker: int, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         pause = 0.1

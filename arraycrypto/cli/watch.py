@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -36,7 +37,7 @@ def run_watch(args: argparse.Namespace, config: CryptoConfig) -> int:
                     async for signum in signals:
                         if signum == signal.SIGHUP:  # re-read the config, keep watching
                             try:
-                                client.reload(load_client_config(args.config))
+                                client.reload(load_client_config(args.config, env=os.environ))
                             except CryptoError as exc:
                                 logger.error("reload failed, keeping the config: %s", exc)
                             else:

@@ -53,6 +53,13 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+def _load(config: CryptoConfig | str | os.PathLike[str]) -> CryptoConfig:
+    """A config as given, or from its file with the environment over it (as the CLI)."""
+    if isinstance(config, CryptoConfig):
+        return config
+    return load_client_config(config, env=os.environ)
+
+
 def _no_cipher(data: bytes | str, associated_data: bytes) -> bytes:
     raise SnapshotError("no snapshot from the server yet")  # unreachable: _expires is 0
 
@@ -103,7 +110,7 @@ class CryptoClient:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config if isinstance(config, CryptoConfig) else load_client_config(config)
+        self.config = _load(config)
         self.keyring = Keyring(
             self.config.secret_key,
             old=self.config.old_secret_keys,
@@ -224,7 +231,7 @@ class CryptoClient:
         snapshot is dropped and the client reconnects, to a server it trusts. What the
         client accepted before (the newest key, the last timestamp) still counts.
         """
-        new = config if isinstance(config, CryptoConfig) else load_client_config(config)
+        new = _load(config)
         keyring = Keyring(new.secret_key, old=new.old_secret_keys, next=new.next_secret_keys)
         self._policy.reconfigure(keyring, max_drift=new.max_drift, min_signature_size=new.hash_size)
         self.config = new
