@@ -201,3 +201,14 @@ def test_encrypt_takes_associated_data_from_a_file(client: Path, tmp_path: Path)
     )  # fmt: skip
     assert enc.returncode == 0, enc.stderr
     assert RING.decrypt(enc.stdout, blob) == b"x"
+
+
+def test_inspect_says_what_it_got_instead_of_an_envelope() -> None:
+    b64 = cli("inspect", data=base64.b64encode(TOKEN))
+    assert b64.returncode == 1
+    assert b64.stderr.decode().startswith(
+        "arraycrypto: not an arraycrypto envelope (it looks like base64 text"
+    )
+    empty = cli("inspect", data=b"")
+    assert empty.returncode == 1
+    assert empty.stderr.decode() == "arraycrypto: empty input: no envelope to inspect\n"

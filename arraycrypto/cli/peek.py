@@ -9,7 +9,7 @@ import time
 from ..core.armor import is_armored
 from ..core.envelope2 import MAX_HEADER_SIZE
 from ..core.isotime import iso8601_utc
-from ..core.peek import NOT_AUTHENTICATED, describe, peek
+from ..core.peek import NOT_AUTHENTICATED, describe, diagnose, peek
 from ..streaming import BinaryReader
 from .common import CommandError, setup_logging
 from .crypt import _SNIFF_SIZE, _read_up_to, open_input
@@ -38,10 +38,13 @@ def run_inspect(args: argparse.Namespace) -> int:
             while chunk := src.read(1 << 20):
                 total += len(chunk)
     now_ms = int(time.time() * 1000)
+    if not head:
+        raise CommandError("empty input: no envelope to inspect")
     try:
         info = peek(head, total_size=total)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    except ValueError:
+        # Say what it looks like instead (base64, text, another format): no key needed.
+        raise CommandError(diagnose(head, ()) or "not an arraycrypto envelope") from None
     if args.json:
         doc = {
             "version": info.version,
