@@ -26,6 +26,7 @@ class ArmorWriter:
         self._encoder = ArmorEncoder()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Armor ``data`` and write the complete lines it makes."""
         self._dst.write(self._encoder.update(data))
         return len(data)
 
@@ -49,6 +50,7 @@ class ArmorReader:
         self._ended = False
 
     def read(self, size: int = -1, /) -> bytes:
+        """Return up to ``size`` envelope bytes (all with -1); b"" at the end of the armor."""
         while not self._ended and (size < 0 or len(self._ready) < size):
             text = self._pending or self._src.read(1 << 16)
             self._pending = b""
@@ -88,6 +90,7 @@ class TerminalGuard:
         self._checked = False
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int | None:
+        """Write ``data``; the first time, refuse it (CommandError) unless it is text."""
         if not self._checked and len(data):
             self._checked = True
             if looks_binary(bytes(data[:_SNIFF])):
