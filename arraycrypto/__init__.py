@@ -10,6 +10,8 @@ from __future__ import annotations
 from .client import ConnectionState as ConnectionState
 from .client import CryptoClient as CryptoClient
 from .client import SyncCryptoClient as SyncCryptoClient
+from .core.armor import armor as armor
+from .core.armor import dearmor as dearmor
 from .core.config import CryptoConfig as CryptoConfig
 from .core.config import ServerConfig as ServerConfig
 from .core.config import load_client_config as load_client_config
@@ -17,6 +19,7 @@ from .core.config import load_server_config as load_server_config
 from .core.config import save_config as save_config
 from .core.envelope import SnapshotCipher as SnapshotCipher
 from .core.envelope2 import NowRequiredError as NowRequiredError
+from .core.exceptions import ArmorError as ArmorError
 from .core.exceptions import AuthenticationError as AuthenticationError
 from .core.exceptions import ConfigError as ConfigError
 from .core.exceptions import CryptoError as CryptoError
@@ -43,6 +46,7 @@ from .streaming import encrypt_stream as encrypt_stream
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArmorError",
     "AuthenticationError",
     "CloseCode",
     "ConfigError",
@@ -65,6 +69,8 @@ __all__ = [
     "StreamDecryptor",
     "StreamEncryptor",
     "SyncCryptoClient",
+    "armor",
+    "dearmor",
     "decrypt_file",
     "decrypt_stream",
     "encrypt_file",

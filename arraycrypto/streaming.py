@@ -165,16 +165,19 @@ def decrypt_file(
     clock: Callable[[], float] = time.time,
     progress: Progress | None = None,
     max_single_size: int = MAX_SINGLE_SIZE,
+    prefix: bytes = b"",
 ) -> int:
     """Decrypt any envelope read from ``src`` onto ``dst``; return the plaintext size.
 
     A stream is decrypted in constant memory; a single-shot envelope is read whole, up
     to ``max_single_size`` bytes. The time rules use ``clock`` (so a sender's expiry is
-    always enforced), plus ``ttl``. Raises DecryptionError (also for input that is no
-    envelope or too large), SnapshotError or ExpiredError as :meth:`Keyring.decrypt`.
+    always enforced), plus ``ttl``. ``prefix`` is envelope already read from ``src``
+    (the CLI looks at the first bytes to choose what to do). Raises DecryptionError
+    (also for input that is no envelope or too large), SnapshotError or ExpiredError as
+    :meth:`Keyring.decrypt`.
     """
     now_ms = int(clock() * 1000)
-    head = bytearray()
+    head = bytearray(prefix)
     while (kind := is_stream(head)) is None:
         chunk = src.read(MAX_HEADER_SIZE - len(head))
         if not chunk:

@@ -86,6 +86,7 @@ def test_exception_tree() -> None:
         "DecryptionError",
         "ProtocolError",
         "ExpiredError",
+        "ArmorError",
     ):
         assert issubclass(getattr(arraycrypto, name), arraycrypto.CryptoError)
     assert issubclass(arraycrypto.ExpiredError, arraycrypto.SnapshotError)

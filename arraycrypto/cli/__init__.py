@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from .common import client_main
+from ..core.config import LOG_LEVELS
+from .common import CommandError, client_main, fail, quiet_exit_on_closed_stdout
 from .crypt import run_decrypt, run_encrypt
 from .peek import run_inspect
 from .serve import run_serve
@@ -15,37 +17,64 @@ from .watch import run_watch
 
 __all__ = ["build_parser", "main"]
 
+_MAX_ASSOCIATED_DATA = 1 << 20
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``arraycrypto`` command."""
+    """Return the argument parser of the ``arraycrypto`` command.
+
+    The main help is one screen: a line per command. Each command's ``--help`` says
+    the rest.
+    """
     parser = argparse.ArgumentParser(
         prog="arraycrypto",
         description="Authenticated encryption with server-pushed key epochs.",
+        epilog="'arraycrypto COMMAND --help' for a command's options; README.md for more.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    keygen = sub.add_parser("keygen", help="print a fresh random base64 secret_key")
-    keygen.set_defaults(func=run_keygen)
+    parser.add_argument("--version", action="version", version=f"arraycrypto {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    serve = sub.add_parser("serve", help="run the snapshot push server")
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description)
+
+    keygen = command(
+        "keygen",
+        "print a fresh random secret_key",
+        "Print a fresh random 32-byte secret, base64, for secret_key (or a secret_key_file).",
+    )
+    keygen.set_defaults(func=run_keygen)
+    _log_options(keygen)
+
+    serve = command(
+        "serve",
+        "run the snapshot push server",
+        "Run the server: it signs a snapshot every tick_interval and pushes it to every"
+        " client. SIGHUP reloads the config, SIGTERM drains then stops.",
+    )
     serve.add_argument(
         "--config",
         default="server_config.json",
-        help="server config file; created with a fresh secret (0600) if missing",
+        metavar="FILE",
+        help="server config; created with a fresh secret (0600) if missing, unless the"
+        " environment holds the secret (default: %(default)s)",
     )
-    serve.add_argument("--host", help="override the config's host")
-    serve.add_argument("--port", type=int, help="override the config's port (0: any free)")
+    serve.add_argument("--host", help="listen on this address (over the config and environment)")
+    serve.add_argument(
+        "--port", type=int, help="listen on this port, 0 for any free one (over the config)"
+    )
     serve.add_argument(
         "--backend",
         choices=["asyncio", "trio", "uvloop"],
         default="asyncio",
-        help="event loop (uvloop: asyncio on uvloop, if installed)",
+        help="event loop; trio and uvloop need arraycrypto[trio] / arraycrypto[uvloop]",
     )
     serve.add_argument(
         "--workers",
         default="1",
-        help="worker processes on the one port (auto: one per core); default 1",
+        metavar="N",
+        help="worker processes on the one port (auto: one per core; default 1)",
     )
-    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _log_options(serve, formats=True)
     # Set by the supervisor of --workers for each worker it starts.
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--metrics-dir", help=argparse.SUPPRESS)
@@ -54,42 +83,73 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--debug-objects", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=run_serve)
 
-    client_config = sub.add_parser(
-        "client-config", help="write a client_config.json with the server's secret (0600)"
+    client_config = command(
+        "client-config",
+        "write a client config from the server's",
+        "Write a client config holding the server's secret (mode 0600, never overwritten),"
+        " with a server_url for the server's port and path.",
     )
-    client_config.add_argument("--server-config", default="server_config.json")
-    client_config.add_argument("--url", default="http://localhost:8000", help="server_url")
-    client_config.add_argument("--output", default="client_config.json")
+    client_config.add_argument(
+        "--server-config",
+        default="server_config.json",
+        metavar="FILE",
+        help="the server's config: its secret, port and path (default: %(default)s)",
+    )
+    client_config.add_argument(
+        "--url",
+        help="the client's server_url (default: the server config's port and path on"
+        " localhost, e.g. http://localhost:8000)",
+    )
+    client_config.add_argument(
+        "--output",
+        default="client_config.json",
+        metavar="FILE",
+        help="where to write it, mode 0600; never overwritten (default: %(default)s)",
+    )
+    _log_options(client_config)
     client_config.set_defaults(func=run_client_config)
 
-    for name, func, text in (
+    for name, func, summary, description in (
         (
             "encrypt",
             run_encrypt,
-            "encrypt stdin to stdout (needs the server for a snapshot); above 1 MiB, as a"
-            " stream of 64 KiB segments in constant memory",
+            "encrypt stdin to stdout (needs the server)",
+            "Encrypt stdin (or -i FILE) to stdout (or -o FILE) under a fresh snapshot from"
+            " the server. Above 1 MiB, a stream of 64 KiB segments in constant memory.",
         ),
         (
             "decrypt",
             run_decrypt,
-            "decrypt stdin to stdout (offline: needs only the secret); any format",
+            "decrypt stdin to stdout (offline)",
+            "Decrypt stdin (or -i FILE) to stdout (or -o FILE) with the secret alone, no"
+            " server: any format, binary or armored.",
         ),
-        ("watch", run_watch, "print each pushed snapshot as a JSON line until interrupted"),
+        (
+            "watch",
+            run_watch,
+            "print each pushed snapshot as a JSON line",
+            "Print each verified snapshot as a JSON line until interrupted; connection"
+            " changes go to stderr. SIGHUP re-reads the config.",
+        ),
     ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--config", default="client_config.json", help="client config file")
-        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        cmd = command(name, summary, description)
+        cmd.add_argument(
+            "--config",
+            default="client_config.json",
+            metavar="FILE",
+            help="client config (default: %(default)s); optional when the environment"
+            " holds the secret",
+        )
         if name != "watch":
-            cmd.add_argument(
-                "--associated-data", default="", help="extra authenticated data (text)"
-            )
-            cmd.add_argument("-i", "--input", help="read this file instead of stdin")
-            cmd.add_argument(
-                "-o",
-                "--output",
-                help="write this file (mode 0600, replaced only on success) instead of stdout",
-            )
+            _crypt_options(cmd)
         if name == "encrypt":
+            cmd.add_argument(
+                "-a",
+                "--armor",
+                action="store_true",
+                help="ASCII-armored text (-----BEGIN ARRAYCRYPTO MESSAGE-----) instead of"
+                " binary; decrypt recognises it by itself",
+            )
             cmd.add_argument(
                 "--expires-in",
                 type=_positive_seconds,
@@ -97,19 +157,127 @@ def build_parser() -> argparse.ArgumentParser:
                 help="every decrypt refuses the ciphertext after this long (plus max_drift)",
             )
         if name == "decrypt":
-            cmd.add_argument("--ttl", type=float, help="reject ciphertexts older than this (s)")
+            cmd.add_argument(
+                "--ttl",
+                type=_positive_seconds,
+                metavar="SECONDS",
+                help="also refuse ciphertexts made longer ago than this",
+            )
         if name == "watch":
-            cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+            cmd.add_argument(
+                "--backend",
+                choices=["asyncio", "trio"],
+                default="asyncio",
+                help="event loop; trio needs arraycrypto[trio] (default: %(default)s)",
+            )
+        _log_options(cmd)
         cmd.set_defaults(func=client_main, client_func=func)
 
-    inspect = sub.add_parser(
+    inspect = command(
         "inspect",
-        help="show an envelope's header (no config, no secret: nothing is verified)",
+        "show an envelope's header (no secret)",
+        "Show what an envelope's header says (version, key id, times, sizes), binary or"
+        " armored, with no config and no secret: nothing is verified.",
     )
-    inspect.add_argument("-i", "--input", help="read this file instead of stdin")
+    inspect.add_argument("-i", "--input", metavar="FILE", help="read FILE instead of stdin")
     inspect.add_argument("--json", action="store_true", help="one JSON object")
+    _log_options(inspect)
     inspect.set_defaults(func=run_inspect)
     return parser
+
+
+def _crypt_options(cmd: argparse.ArgumentParser) -> None:
+    """What encrypt and decrypt share: associated data, files, --force."""
+    data = cmd.add_mutually_exclusive_group()
+    data.add_argument(
+        "--associated-data",
+        type=str.encode,
+        default=b"",
+        metavar="TEXT",
+        help="extra authenticated data, not stored: decrypt needs the same (UTF-8)",
+    )
+    data.add_argument(
+        "--associated-data-hex",
+        dest="associated_data",
+        type=_hex,
+        metavar="HEX",
+        help="the same, binary, given in hexadecimal",
+    )
+    data.add_argument(
+        "--associated-data-file",
+        dest="associated_data",
+        type=_file_bytes,
+        metavar="FILE",
+        help="the same, binary, read from FILE (at most 1 MiB)",
+    )
+    cmd.add_argument("-i", "--input", metavar="FILE", help="read FILE instead of stdin")
+    cmd.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write FILE (mode 0600, replaced only on success) instead of stdout",
+    )
+    cmd.add_argument("--force", action="store_true", help="write binary output even to a terminal")
+
+
+def _log_options(cmd: argparse.ArgumentParser, *, formats: bool = False) -> None:
+    """-q, -v and --log-level on every command (and --log-format where it serves)."""
+    group = cmd.add_argument_group("logging, on stderr")
+    level = group.add_mutually_exclusive_group()
+    level.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="the least severe level shown (over a config's log_level)",
+    )
+    level.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const="error",
+        help="errors only: --log-level error",
+    )
+    level.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const="debug",
+        help="everything: --log-level debug",
+    )
+    if formats:
+        group.add_argument(
+            "--log-format",
+            choices=["text", "json"],
+            default="text",
+            help="json: one object per line (time, level, logger, message, worker)",
+        )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("arraycrypto")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
+
+
+def _hex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not hexadecimal") from None
+
+
+def _file_bytes(path: str) -> bytes:
+    # Associated data is held whole, next to every segment's AAD: keep it small.
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_ASSOCIATED_DATA + 1)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > _MAX_ASSOCIATED_DATA:
+        raise argparse.ArgumentTypeError(f"{path} is larger than 1 MiB")
+    return data
 
 
 def _positive_seconds(text: str) -> float:
@@ -123,8 +291,29 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit code."""
+    """Run the command line; return the process exit code.
+
+    Every failure is one line on stderr (``arraycrypto: ...``) and a non-zero exit: 2
+    for usage and configuration errors, 1 for failures at run time. A closed stdout
+    (``arraycrypto watch | head -2``) ends the command quietly with 0.
+    """
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
-    sys.stdout.flush()
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_exit_on_closed_stdout()
+        return 0
+    except CommandError as exc:
+        return fail(str(exc), exc.code)
+    except KeyboardInterrupt:
+        return 130  # the shell's code for SIGINT; the user knows why
+    except OSError as exc:  # the last resort: a file or the system refused something
+        return fail(_os_error(exc), 1)
     return code
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -4,46 +4,129 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..core.config import load_client_config
 from ..core.exceptions import ConfigError, CryptoError
+from ..net.logs import JsonFormatter
 
-__all__ = ["apply_log_level", "client_main", "setup_logging"]
+__all__ = [
+    "CommandError",
+    "apply_log_level",
+    "client_main",
+    "fail",
+    "quiet_exit_on_closed_stdout",
+    "require_backend",
+    "setup_logging",
+]
 
 logger = logging.getLogger("arraycrypto")
 
+#: What to install for each optional event loop.
+_BACKEND_MODULES = {"trio": ("trio", "trio"), "uvloop": ("uvloop", "uvloop")}
 
-def setup_logging(verbose: bool, level: int = logging.INFO, *, worker: int | None = None) -> None:
-    """Log to stderr; ``worker``: the worker number, in every line of a worker."""
-    tag = f"[w{worker}] " if worker is not None else ""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else level,
-        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:  # one INFO line per connection is too much for a server of thousands
-        logging.getLogger("arraycrypto.server.websocket").setLevel(logging.WARNING)
-        logging.getLogger("arraycrypto.client.websocket").setLevel(logging.WARNING)
+
+class CommandError(Exception):
+    """Raised by a command to fail with one line on stderr and exit ``code``.
+
+    2 for usage and configuration errors, 1 for failures at run time.
+    """
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def require_backend(name: str) -> None:
+    """Fail with what to install if the event loop ``name`` cannot be imported."""
+    if name not in _BACKEND_MODULES:
+        return
+    module, extra = _BACKEND_MODULES[name]
+    try:
+        __import__(module)
+    except ImportError:
+        raise CommandError(
+            f"--backend {name} needs {module}, which is not installed:"
+            f" pip install 'arraycrypto[{extra}]'",
+            code=2,
+        ) from None
+
+
+def quiet_exit_on_closed_stdout() -> None:
+    """Stdout's reader is gone (``| head``): stop writing, and exit without a word.
+
+    Point stdout at /dev/null so the interpreter's final flush of what is still
+    buffered does not fail again ("Exception ignored ... BrokenPipeError").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+_json_logs = False  # set by setup_logging: fatal errors then go out as JSON too
+
+
+def setup_logging(
+    level: str | None,
+    default: str = "info",
+    *,
+    worker: int | None = None,
+    json_format: bool = False,
+) -> None:
+    """Log to stderr at ``level`` (the command line's), else ``default``.
+
+    ``worker``: the worker number, in every line of a worker of ``serve --workers``.
+    ``json_format``: one JSON object per line (:class:`~arraycrypto.net.logs.JsonFormatter`).
+    """
+    global _json_logs
+    _json_logs = json_format
+    handler = logging.StreamHandler(sys.stderr)
+    if json_format:
+        handler.setFormatter(JsonFormatter(worker))
+    else:
+        tag = f"[w{worker}] " if worker is not None else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    apply_log_level(level or default)
 
 
 def apply_log_level(name: str) -> None:
-    """Set the level of our loggers (a config's ``log_level``)."""
-    logging.getLogger("arraycrypto").setLevel(name.upper())
-    logging.getLogger().setLevel(name.upper())
+    """Set the level of our loggers (the command line's, or a config's ``log_level``)."""
+    level = name.upper()
+    logging.getLogger("arraycrypto").setLevel(level)
+    logging.getLogger().setLevel(level)
+    # One INFO line per connection is too much for a server of thousands: websockets'
+    # own lines show only when debugging.
+    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    logging.getLogger("arraycrypto.server.websocket").setLevel(quiet)
+    logging.getLogger("arraycrypto.client.websocket").setLevel(quiet)
+
+
+def fail(message: str, code: int) -> int:
+    """Report a fatal error in one line (``arraycrypto: ...``, or JSON); return ``code``."""
+    if _json_logs:
+        logger.error("%s", message)
+    else:
+        print(f"arraycrypto: {message}", file=sys.stderr)
+    return code
 
 
 def client_main(args: argparse.Namespace) -> int:
     """Run encrypt / decrypt / watch; map our errors to a message and exit code 1."""
-    setup_logging(args.verbose, level=logging.WARNING)
+    # watch runs for long: its connection's ups and downs (INFO) are worth seeing.
+    setup_logging(args.log_level, "info" if args.command == "watch" else "warning")
+    if hasattr(args, "backend"):
+        require_backend(args.backend)
     try:
-        config = load_client_config(args.config)
+        config = load_client_config(args.config, env=os.environ)
     except ConfigError as exc:
-        print(f"arraycrypto: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc), code=2) from None
     try:
         code: int = args.client_func(args, config)
         return code
     except CryptoError as exc:
-        print(f"arraycrypto: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"{type(exc).__name__}: {exc}") from None

@@ -4,35 +4,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
+from ..core.armor import is_armored
 from ..core.envelope2 import MAX_HEADER_SIZE
 from ..core.isotime import iso8601_utc
-from ..core.peek import NOT_AUTHENTICATED, describe, peek
-from .crypt import _read_up_to, open_input
+from ..core.peek import NOT_AUTHENTICATED, describe, diagnose, peek
+from ..streaming import BinaryReader
+from .common import CommandError, setup_logging
+from .crypt import _SNIFF_SIZE, _read_up_to, open_input
 from .progress import known_size
+from .textio import ArmorReader
 
 __all__ = ["run_inspect"]
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    with open_input(args.input) as src:
-        total = known_size(src)
-        head = _read_up_to(src, MAX_HEADER_SIZE)
-        if total is None:  # a pipe: count the rest, in constant memory
+    setup_logging(args.log_level, "warning")
+    with open_input(args.input) as raw:
+        total = known_size(raw)
+        src: BinaryReader = raw
+        head = _read_up_to(raw, _SNIFF_SIZE)
+        armored = bool(is_armored(head))
+        if armored:  # the envelope is inside: its size is known only by decoding it all
+            src = ArmorReader(raw, head)
+            head = b""
+            total = None
+        rest = len(head) - MAX_HEADER_SIZE
+        if rest < 0:
+            head += _read_up_to(src, -rest)
+        if total is None:  # a pipe or armor: count the rest, in constant memory
             total = len(head)
             while chunk := src.read(1 << 20):
                 total += len(chunk)
     now_ms = int(time.time() * 1000)
+    if not head:
+        raise CommandError("empty input: no envelope to inspect")
     try:
         info = peek(head, total_size=total)
-    except ValueError as exc:
-        print(f"arraycrypto: {exc}", file=sys.stderr)
-        return 1
+    except ValueError:
+        # Say what it looks like instead (base64, text, another format): no key needed.
+        raise CommandError(diagnose(head, ()) or "not an arraycrypto envelope") from None
     if args.json:
         doc = {
             "version": info.version,
+            "armored": armored,
             "mode": info.mode,
             "key_id": info.key_id.hex(),
             "tick": info.tick,
@@ -53,5 +69,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=2))
     else:
-        print(describe(info, now_ms))
+        text = describe(info, now_ms)
+        if armored:
+            first, _, others = text.partition("\n")
+            text = f"{first} (armored)\n{others}"
+        print(text)
     return 0

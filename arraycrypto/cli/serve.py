@@ -15,7 +15,6 @@ With ``--workers N`` the process supervises N workers on the same port
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import signal
@@ -29,7 +28,7 @@ import msgspec
 
 from ..core.config import ServerConfig, load_server_config
 from ..core.exceptions import ConfigError
-from .common import apply_log_level, setup_logging
+from .common import CommandError, apply_log_level, require_backend, setup_logging
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -47,7 +46,7 @@ def _backend(name: str) -> tuple[str, dict[str, object]]:
 
 def load(args: argparse.Namespace, *, create: bool = True) -> ServerConfig:
     """The config file with the command line's overrides (the same at every reload)."""
-    config = load_server_config(Path(args.config), create=create)
+    config = load_server_config(Path(args.config), create=create, env=os.environ)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
@@ -64,24 +63,38 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..server import Server
     from ..server.tuning import keep_frozen, tune_process, watch_gc
 
-    setup_logging(args.verbose, worker=args.worker)
-    if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        logger.error("--backend uvloop needs uvloop: pip install uvloop")
-        return 2
+    json_logs = args.log_format == "json"
+    setup_logging(args.log_level, worker=args.worker, json_format=json_logs)
+    require_backend(args.backend)
     path = Path(args.config)
-    created = not path.exists()
+    existed = path.exists()
     try:
         config = load(args)
         server = Server(config, worker=args.worker, metrics_dir=args.metrics_dir)
     except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise CommandError(str(exc), code=2) from None
     if args.worker is None:
-        logger.info("%s config %s", "created" if created else "using", path.resolve())
-    if not args.verbose:
+        if existed:
+            logger.info("using config %s", path.resolve())
+        elif path.exists():
+            logger.info("created config %s", path.resolve())
+        else:
+            logger.info("no config file %s: using the environment", path.resolve())
+    if args.log_level is None:  # the command line's level wins over the config's
         apply_log_level(config.log_level)
     # Process-wide settings are the application's, and this is the application.
-    tune_process(config.max_connections, args.gc_policy)
+    if args.worker:
+        # Workers share one limit (the supervisor's, inherited): worker 0 alone says
+        # it is too low, so an operator reads it once, not once per worker.
+        tuning_log = logging.getLogger("arraycrypto.server")
+        level = tuning_log.level
+        tuning_log.setLevel(logging.ERROR)
+        try:
+            tune_process(config.max_connections, args.gc_policy)
+        finally:
+            tuning_log.setLevel(level)
+    else:
+        tune_process(config.max_connections, args.gc_policy)
     watch_gc(server.metrics)
     if args.debug_objects:
         server.metrics.gauges["live_connection_objects"] = _count_connections
@@ -106,8 +119,7 @@ def run_serve(args: argparse.Namespace) -> int:
         failed = group
     if failed is not None:
         reason = "; ".join(str(exc) for exc in failed.exceptions)
-        logger.error("cannot listen on %s:%d: %s", config.host, config.port, reason)
-        return 1
+        raise CommandError(f"cannot listen on {config.host}:{config.port}: {reason}")
     logger.info("stopped")
     return 0
 
@@ -173,5 +185,5 @@ def _reload(server: Server, args: argparse.Namespace) -> None:
     except ConfigError as exc:
         logger.error("reload failed, keeping the running config: %s", exc)
         return
-    if not args.verbose:
+    if args.log_level is None:
         apply_log_level(config.log_level)

@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 
 from ..core.exceptions import ConfigError
-from .common import setup_logging
+from .common import CommandError, require_backend, setup_logging
 
 __all__ = ["supervise", "worker_count"]
 
@@ -64,13 +64,13 @@ def supervise(args: argparse.Namespace) -> int:
     """Run ``--workers`` workers until a signal stops them; 0 on a clean stop."""
     from .serve import load
 
-    setup_logging(args.verbose)
+    setup_logging(args.log_level, json_format=args.log_format == "json")
+    require_backend(args.backend)
     try:
         count = worker_count(args.workers)
         config = load(args)  # creates the file once, before any worker could race to
     except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise CommandError(str(exc), code=2) from None
     # Reserve the port (and learn it, for port 0): a socket in the same SO_REUSEPORT
     # group that never listens, so it receives no connection.
     reserve = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
@@ -78,9 +78,10 @@ def supervise(args: argparse.Namespace) -> int:
     try:
         reserve.bind((config.host, config.port))
     except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror)
         reserve.close()
-        return 1
+        raise CommandError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+        ) from None
     port = reserve.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="arraycrypto-metrics-")
     try:
@@ -100,7 +101,8 @@ async def _run(args: argparse.Namespace, count: int, host: str, port: int, metri
         cmd += ["--backend", args.backend, "--workers", str(count)]
         cmd += ["--gc-policy", args.gc_policy] + (["--debug-objects"] if args.debug_objects else [])
         cmd += ["--worker", str(worker), "--metrics-dir", metrics_dir]
-        return [*cmd, "-v"] if args.verbose else cmd
+        cmd += ["--log-format", args.log_format]
+        return [*cmd, "--log-level", args.log_level] if args.log_level else cmd
 
     async def keep(worker: int, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         pause = 0.1

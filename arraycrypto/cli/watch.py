@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -24,7 +25,10 @@ logger = logging.getLogger("arraycrypto")
 def run_watch(args: argparse.Namespace, config: CryptoConfig) -> int:
     from ..client import CryptoClient
 
+    reader_gone = False
+
     async def main() -> None:
+        nonlocal reader_gone
         received = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         with anyio.open_signal_receiver(*received) as signals:
             async with anyio.create_task_group() as tg, CryptoClient(config) as client:
@@ -33,7 +37,7 @@ def run_watch(args: argparse.Namespace, config: CryptoConfig) -> int:
                     async for signum in signals:
                         if signum == signal.SIGHUP:  # re-read the config, keep watching
                             try:
-                                client.reload(load_client_config(args.config))
+                                client.reload(load_client_config(args.config, env=os.environ))
                             except CryptoError as exc:
                                 logger.error("reload failed, keeping the config: %s", exc)
                             else:
@@ -45,8 +49,15 @@ def run_watch(args: argparse.Namespace, config: CryptoConfig) -> int:
                 tg.start_soon(stop)
                 async for snapshot in client.watch():
                     line = m.encode(m.SnapshotMessage.from_snapshot(snapshot))
-                    sys.stdout.buffer.write(line + b"\n")
-                    sys.stdout.buffer.flush()
+                    try:
+                        sys.stdout.buffer.write(line + b"\n")
+                        sys.stdout.buffer.flush()
+                    except BrokenPipeError:  # the reader left (`| head`): we are done
+                        reader_gone = True
+                        tg.cancel_scope.cancel()
+                        return
 
     anyio.run(main, backend=args.backend)
+    if reader_gone:  # outside the task group: main() makes it a quiet exit
+        raise BrokenPipeError
     return 0

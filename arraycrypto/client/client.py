@@ -53,6 +53,13 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+def _load(config: CryptoConfig | str | os.PathLike[str]) -> CryptoConfig:
+    """A config as given, or from its file with the environment over it (as the CLI)."""
+    if isinstance(config, CryptoConfig):
+        return config
+    return load_client_config(config, env=os.environ)
+
+
 def _no_cipher(data: bytes | str, associated_data: bytes) -> bytes:
     raise SnapshotError("no snapshot from the server yet")  # unreachable: _expires is 0
 
@@ -103,7 +110,7 @@ class CryptoClient:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config if isinstance(config, CryptoConfig) else load_client_config(config)
+        self.config = _load(config)
         self.keyring = Keyring(
             self.config.secret_key,
             old=self.config.old_secret_keys,
@@ -125,6 +132,7 @@ class CryptoClient:
         self._changed = anyio.Event()
         self._auth_error: AuthenticationError | None = None
         self._lost_at: float | None = None  # monotonic time the connection was lost
+        self._outage_told = False  # the current outage was logged (once is enough)
         self._failure: str | None = None  # why the last connection attempt ended
         self._rejected: str | None = None  # why the last rejected snapshot was rejected
         # Weak: an abandoned iterator (a `break` out of `async for`) just goes away.
@@ -224,7 +232,7 @@ class CryptoClient:
         snapshot is dropped and the client reconnects, to a server it trusts. What the
         client accepted before (the newest key, the last timestamp) still counts.
         """
-        new = config if isinstance(config, CryptoConfig) else load_client_config(config)
+        new = _load(config)
         keyring = Keyring(
             new.secret_key,
             old=new.old_secret_keys,
@@ -467,6 +475,13 @@ class CryptoClient:
 
     def connected(self, url: str, session_id: str) -> None:
         """Sink: the server at ``url`` proved it holds the secret."""
+        # State changes are logged, once each: connected, lost, reconnected. The
+        # attempts in between are not (they are debug lines of the connector).
+        if self._lost_at is not None:
+            logger.info("reconnected to %s after %.1f s", url, time.monotonic() - self._lost_at)
+        else:
+            logger.info("connected to %s", url)
+        self._outage_told = False
         self._auth_error = None
         self.server_url = url
         self.session_id = session_id
@@ -495,8 +510,17 @@ class CryptoClient:
         """Sink: the attempt at ``url`` ended."""
         self.server_url = None
         if isinstance(error, AuthenticationError):
-            self._auth_error = error
+            self._auth_error = error  # the connector logs it, as an error
         elif error is not None:
             self._failure = f"{url}: {error or type(error).__name__}"
-        if not self.closed:
-            self._set_state(ConnectionState.DISCONNECTED)
+        if self.closed:
+            return
+        reason = str(error) if error is not None else "closed by the server"
+        if self._state is ConnectionState.CONNECTED:
+            logger.warning("lost connection to %s: %s; reconnecting", url, reason)
+            self._outage_told = True
+        elif not self._outage_told and not isinstance(error, AuthenticationError):
+            # Once per outage: the retries that follow say nothing until one succeeds.
+            logger.warning("cannot connect to %s: %s; retrying", url, reason)
+            self._outage_told = True
+        self._set_state(ConnectionState.DISCONNECTED)

@@ -34,6 +34,7 @@ from ..core.exceptions import AuthenticationError, ProtocolError
 from ..core.handshake import ClientSession, SnapshotPolicy
 from ..core.keys import CHALLENGE_SIZE
 from ..net.driver import Driver
+from ..net.logs import RateLimitedLog
 from ..net.sockets import STREAM_ERRORS
 
 __all__ = ["Connector", "Sink", "backoff"]
@@ -134,6 +135,7 @@ class Connector:
         self._urls = [config.server_url, *config.server_urls]
         self._ssl: ssl.SSLContext | None = None
         self._attempt: anyio.CancelScope | None = None
+        self._warnings = RateLimitedLog(logger)
 
     def reload(self, config: CryptoConfig) -> None:
         """Use ``config`` from the next attempt on (URLs, timeouts, CA bundle)."""
@@ -171,8 +173,12 @@ class Connector:
                 error = exc
                 attempt = _AUTH_FAILED_ATTEMPT
             except (*STREAM_ERRORS, ProtocolError, TimeoutError, ssl.SSLError) as exc:
-                error = ConnectionFailed(describe(exc))
-                logger.info("%s: connection failed: %s", url, error)
+                reason = describe(exc)
+                tried = websocket_url(url)
+                if isinstance(exc, ProtocolError) and tried != url:
+                    reason = f"{tried}: {reason}"  # the URL the server refused
+                error = ConnectionFailed(reason)
+                logger.debug("%s: connection failed: %s", url, error)
             self._sink.disconnected(url, error)
             if subscribed:
                 attempt = 0  # reset after a success; reconnect at once to the same URL
@@ -215,7 +221,8 @@ class Connector:
                     self._sink.rejected(event.reason)
                 elif isinstance(event, Authenticated):
                     subscribed = True
-                    logger.info("%s: authenticated (session %s)", url, event.session_id)
+                    logger.debug("%s: authenticated (session %s)", url, event.session_id)
+                    self._check_drift(url, session)
                     self._sink.connected(url, event.session_id)
                 elif isinstance(event, Failed):
                     logger.debug("%s: %s", url, event.error)
@@ -233,5 +240,28 @@ class Connector:
                 await anyio.aclose_forcefully(raw)
         if conn.error is not None:
             raise conn.error
-        logger.info("%s: connection closed", url)
+        logger.debug("%s: connection closed", url)
         return subscribed
+
+    def _check_drift(self, url: str, session: ClientSession) -> None:
+        """Warn when snapshots expire before the next arrives (once per connection).
+
+        A snapshot may encrypt for ``max_drift`` seconds; a server ticking less often
+        leaves a gap each period where encryption waits. Rate-limited: a client that
+        reconnects often says it at most every 10 s.
+        """
+        interval = session.tick_interval
+        drift = self.config.max_drift
+        if interval is not None and drift < interval:
+            self._warnings.log(
+                logging.WARNING,
+                "max_drift",
+                "%s: the server ticks every %g s but max_drift is %g s: each snapshot may"
+                " encrypt only for %g s, so encryption stalls until the next one; set"
+                " max_drift to at least %g (60 is the default)",
+                url,
+                interval,
+                drift,
+                drift,
+                interval,
+            )

@@ -37,6 +37,7 @@ from websockets.uri import WebSocketURI
 from .envelope import SnapshotCipher
 from .exceptions import AuthenticationError, ProtocolError
 from .handshake import Accepted, ClientSession, ClientState, CloseCode
+from .http import refusal
 
 __all__ = [
     "DEAD_AFTER_TICKS",
@@ -145,7 +146,9 @@ class ClientConnection:
             if isinstance(event, Response):
                 if protocol.handshake_exc is not None:
                     self._fail(
-                        ProtocolError(f"WebSocket upgrade refused: {protocol.handshake_exc}"),
+                        ProtocolError(
+                            f"WebSocket upgrade refused: {refusal(protocol.handshake_exc)}"
+                        ),
                         now,
                         events,
                     )

@@ -9,6 +9,7 @@ catches them all (the seed's "general encryption error")::
     ├── SnapshotError          no usable snapshot: none yet, expired, or a ciphertext out of ttl
     │   └── ExpiredError       an authentic ciphertext is past the expiry its sender set
     ├── DecryptionError        one opaque error for every ciphertext that does not decrypt
+    ├── ArmorError             armored text is malformed (says where; nothing secret in it)
     └── ProtocolError          the peer broke the wire protocol (peer's fault)
 
 No message of any of these ever contains a secret, a derived key or a MAC.
@@ -19,6 +20,7 @@ from __future__ import annotations
 from .isotime import iso8601_utc
 
 __all__ = [
+    "ArmorError",
     "AuthenticationError",
     "ConfigError",
     "CryptoError",
@@ -72,6 +74,14 @@ class DecryptionError(CryptoError):
 
     def __init__(self) -> None:
         super().__init__("decryption failed")
+
+
+class ArmorError(CryptoError, ValueError):
+    """Raised when armored text is malformed; the message says which line and why.
+
+    Armor is public encoding around an envelope, checked before any key is used, so
+    saying what is wrong with it reveals nothing.
+    """
 
 
 class ProtocolError(CryptoError):

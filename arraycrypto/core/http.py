@@ -8,10 +8,18 @@ WebSocket path are then handed, head and all, to websockets' ``ServerProtocol``.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Final, NamedTuple
 
-__all__ = ["RequestHead", "find_head_end", "head_problem", "parse_request_head", "response"]
+__all__ = [
+    "RequestHead",
+    "find_head_end",
+    "head_problem",
+    "parse_request_head",
+    "refusal",
+    "response",
+]
 
 MAX_HEADERS: Final = 100
 _TOKEN: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -132,3 +140,24 @@ def response(
     lines.append("Connection: close")
     lines.extend(f"{k}: {v}" for k, v in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def refusal(exc: Exception) -> str:
+    """Why a server refused a WebSocket upgrade: ``HTTP 404: <its detail>``.
+
+    ``exc`` is websockets' handshake exception; a refusal by an arraycrypto server
+    carries a JSON body whose ``detail`` (or ``error``) says what to do, e.g. which path
+    is the WebSocket path. Anything else is described by the exception itself.
+    """
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int):
+        return str(exc)
+    said = ""
+    try:
+        body = json.loads(bytes(getattr(response, "body", b"") or b"")[:4096])
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        said = str(body.get("detail") or body.get("error") or "")[:200]
+    return f"HTTP {status}: {said}" if said else f"HTTP {status}"

@@ -8,6 +8,10 @@ Pure: no I/O, no clock (``now_ms`` is passed in to say how old a ciphertext is).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+from collections.abc import Collection
 from typing import Final
 
 import msgspec
@@ -25,7 +29,7 @@ from .keys import (
     unpack_snapshot_body,
 )
 
-__all__ = ["NOT_AUTHENTICATED", "EnvelopeInfo", "describe", "peek"]
+__all__ = ["NOT_AUTHENTICATED", "EnvelopeInfo", "describe", "diagnose", "peek"]
 
 NOT_AUTHENTICATED: Final = (
     "NOT AUTHENTICATED: anyone can write these fields; nothing here is verified until"
@@ -161,3 +165,67 @@ def describe(info: EnvelopeInfo, now_ms: int) -> str:
         lines.append(f"problem      {info.problem}")
     lines.append(NOT_AUTHENTICATED)
     return "\n".join(lines)
+
+
+_BASE64_TEXT: Final = re.compile(rb"[A-Za-z0-9+/_=-]+")
+_ARMOR_LINE: Final = re.compile(rb"-----BEGIN [ -~]{1,64}?-----")
+_TEXT_CONTROLS: Final = frozenset(b"\t\n\r\f")
+
+
+def diagnose(head: bytes | bytearray | memoryview, key_ids: Collection[bytes]) -> str | None:
+    """Say why ``head`` cannot be decrypted by a keyring of ``key_ids``, if it can be told.
+
+    ``head`` is the start of the input (its first kilobyte is plenty). Only what needs
+    no secret is told: no input, input that is not an envelope at all (base64 of one,
+    other text, another format), and an envelope made under a key id the keyring lacks
+    (key ids are public, in every header). Returns None once the header is recognised
+    and its key is at hand: from there on, every failure is the one opaque
+    :class:`~arraycrypto.DecryptionError`, which tells nothing apart. Pure.
+    """
+    data = bytes(head[:1024])
+    if not data:
+        return "empty input: there is nothing to decrypt"
+    if data[0] not in (ENVELOPE_VERSION, ENVELOPE_V2):
+        return f"not an arraycrypto envelope ({_not_ours(data)})"
+    try:
+        info = peek(data)
+    except ValueError as exc:
+        return f"not an arraycrypto envelope ({exc})"
+    if info.key_id in key_ids:
+        return None
+    have = ", ".join(k.hex() for k in key_ids)
+    return (
+        f"made under key id {info.key_id.hex()}, which is not in this keyring (it has:"
+        f" {have}): a different secret_key, or add the secret it was made with to"
+        " old_secret_keys"
+    )
+
+
+def _not_ours(data: bytes) -> str:
+    """What input that does not start with a version byte looks like instead."""
+    stripped = data.strip()
+    armor = _ARMOR_LINE.match(stripped)
+    if armor:
+        return f"it is armored text of another kind: {armor.group().decode()}"
+    compact = b"".join(stripped.split())
+    if len(compact) >= 8 and _BASE64_TEXT.fullmatch(compact):
+        quads = compact[: len(compact) // 4 * 4]
+        try:
+            first = base64.b64decode(quads.replace(b"-", b"+").replace(b"_", b"/"))[:1]
+        except (binascii.Error, ValueError):
+            first = b""
+        if first and first[0] in (ENVELOPE_VERSION, ENVELOPE_V2):
+            return (
+                "it looks like base64 text: decode it first (base64 -d);"
+                " `encrypt --armor` makes text that decrypt reads as it is"
+            )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = data[: exc.start].decode("utf-8") if exc.start > len(data) - 4 else ""
+    if text and all(c.isprintable() or ord(c) in _TEXT_CONTROLS for c in text):
+        return (
+            "it is text; an envelope is binary, or armored text that starts with"
+            " -----BEGIN ARRAYCRYPTO MESSAGE-----"
+        )
+    return f"its first byte is 0x{data[0]:02x}; an envelope starts with 0x01 or 0x02"

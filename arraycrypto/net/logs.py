@@ -8,12 +8,13 @@ back, so a log shows every kind of trouble without being flooded by any.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["JsonFormatter", "RateLimitedLog"]
 
 _MAX_KEYS: Final = 64  # distinct keys remembered; the oldest is forgotten first
 
@@ -55,3 +56,31 @@ class RateLimitedLog:
             del self._seen[next(iter(self._seen))]
         self._seen[key] = [now, 0]
         return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors.
+
+    ``{"time": "2026-01-02T03:04:05.678Z", "level": "INFO", "logger": "arraycrypto.server",
+    "message": "...", "worker": 0}``: ``worker`` only in a worker of ``serve --workers``,
+    ``exception`` (the traceback, as text) only when there is one.
+    """
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` as one line of JSON."""
+        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        doc: dict[str, Any] = {
+            "time": f"{seconds}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self._worker is not None:
+            doc["worker"] = self._worker
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)

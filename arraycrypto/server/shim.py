@@ -76,6 +76,12 @@ class Shim:
         # The HTTP routes live next to the WebSocket path: /ws -> /snapshot,
         # /crypto/ws -> /crypto/snapshot (PROTOCOL.md, section 4).
         self._base = config.path.rsplit("/", 1)[0]
+        # Says where to go: a client with a wrong URL shows this in its error.
+        routes = ", ".join(f"{self._base}/{name}" for name in ("snapshot", "health", "metrics"))
+        self._not_found = {
+            "error": "not found",
+            "detail": f"the WebSocket path is {config.path}; HTTP routes: {routes}",
+        }
 
     async def read_head(self, stream: Stream, remaining: float) -> tuple[bytes, bytes] | Failure:
         """Return (head, bytes after it), or why there is no head to answer.
@@ -153,7 +159,7 @@ class Shim:
                 content_type="text/plain; version=0.0.4",
             )
         else:
-            await self.reply(stream, route, 404, {"error": "not found"}, request)
+            await self.reply(stream, route, 404, self._not_found, request)
 
     def _preflight(self, request: http.RequestHead) -> tuple[tuple[str, str], ...]:
         headers: tuple[tuple[str, str], ...] = (("Allow", _METHODS),)

@@ -104,6 +104,7 @@ class ServeProcess:
 
     ``port`` 0 lets the first start pick one; later starts reuse it. Use as a context
     manager (start, then kill on exit) or call :meth:`start` and :meth:`stop`.
+    ``cwd``: the directory it runs in (where a default ``server_config.json`` goes).
     """
 
     def __init__(
@@ -113,10 +114,12 @@ class ServeProcess:
         log: Path | None = None,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], object] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.args = args
         self.port = port
         self.env = env
+        self.cwd = cwd
         self.preexec_fn = preexec_fn
         if log is None:
             fd, name = tempfile.mkstemp(prefix="arraycrypto-serve-", suffix=".log")
@@ -150,6 +153,7 @@ class ServeProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 preexec_fn=self.preexec_fn,
+                cwd=self.cwd,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
