@@ -4,6 +4,7 @@
     python -m scripts.bench_fanout --clients 10000 --runs 3   # medians of 3 runs
     python -m scripts.bench_fanout --tls --clients 1000 5000  # wss on both servers
     python -m scripts.bench_fanout --clients 1000 --ticks 5 --json
+    python -m scripts.bench_fanout --clients 10000 --runs 3 --workers 1 2   # the CLI, N workers
 
 For each N, in the same run and with the same hand-made clients (another process):
 
@@ -11,7 +12,11 @@ For each N, in the same run and with the same hand-made clients (another process
   serialised per tick);
 - ``baseline``: ``websockets.asyncio.server.serve`` with compression off, the same
   handshake (our pure ``ServerSession``), then ``websockets.broadcast()`` of a signed
-  snapshot of the same size at the same rate.
+  snapshot of the same size at the same rate;
+- ``arraycrypto-wN`` (with ``--workers N ...``): ``arraycrypto serve --workers N``, the
+  CLI as an operator runs it (its own process, N workers on one port behind a
+  supervisor when N > 1); CPU and RSS are summed over all its processes, and every
+  ``wN`` is compared with ``w1``.
 
 The clients speak raw WebSocket over asyncio protocols (light enough for 10 000 in one
 process), do the real challenge-response handshake, and record arrival time minus the
@@ -233,7 +238,7 @@ async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
 
 
 def _workers_server(workers: int, interval: float, tmp: str) -> ServeProcess:
-    """``arraycrypto serve --workers N`` with the in-process server's settings."""
+    """``arraycrypto serve --workers N`` (the CLI) with the in-process server's settings."""
     tls = tls_files()
     path = os.path.join(tmp, "server_config.json")
     save_config(
@@ -254,7 +259,8 @@ def _workers_server(workers: int, interval: float, tmp: str) -> ServeProcess:
     server = ServeProcess("--config", path, "--workers", str(workers))
     server.start()
     deadline = time.monotonic() + 60
-    while len(children(server.pid)) < workers or server.output().count("listening on") < workers:
+    processes = workers if workers > 1 else 0  # --workers 1 is the one process itself
+    while len(children(server.pid)) < processes or server.output().count("listening on") < workers:
         if time.monotonic() > deadline:
             raise RuntimeError("workers did not start")
         time.sleep(0.05)
@@ -313,9 +319,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every (N, server) pair args.runs times; one median row per pair."""
     rows: list[dict[str, Any]] = []
     for n in args.clients:
-        modes = ["arraycrypto" if w == 1 else f"arraycrypto-w{w}" for w in args.workers] + [
-            "baseline"
-        ]
+        modes = ["arraycrypto"] + [f"arraycrypto-w{w}" for w in args.workers] + ["baseline"]
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for _ in range(args.runs):
             for mode, results in runs.items():  # alternate, so drifts hit both alike
@@ -360,8 +364,8 @@ def main() -> int:
         "--workers",
         type=int,
         nargs="+",
-        default=[1],
-        help="arraycrypto with these worker counts (1: in-process; more: the CLI's --workers)",
+        default=[],
+        help="also `arraycrypto serve --workers N` (the CLI, a process of its own) for each N",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -392,13 +396,15 @@ def main() -> int:
                 "connect": ours["connect_s"] / base["connect_s"],
             }
     # Workers against one process: the same CPU for the same work, a faster connect storm.
+    # Workers against one worker of the same CLI: the same CPU for the same work (the
+    # cost splits cleanly), a faster connect storm where there are cores to spare.
     scaling: dict[str, dict[str, dict[str, float]]] = {}
-    if "arraycrypto" in ours_modes:
+    if "arraycrypto-w1" in ours_modes:
         for mode in ours_modes:
-            if mode == "arraycrypto":
+            if not mode.startswith("arraycrypto-w") or mode == "arraycrypto-w1":
                 continue
             for n in args.clients:
-                one, many = by[("arraycrypto", n)], by[(mode, n)]
+                one, many = by[("arraycrypto-w1", n)], by[(mode, n)]
                 scaling.setdefault(mode, {})[str(n)] = {
                     "cpu": many["cpu_ms_per_tick"] / one["cpu_ms_per_tick"],
                     "p99": many["p99_ms"] / one["p99_ms"],
@@ -451,7 +457,7 @@ def main() -> int:
     for mode, per_n in scaling.items():
         for n_text, ratio in per_n.items():
             print(
-                f"N={n_text} {mode} vs one process: CPU per tick {ratio['cpu']:.2f}x,"
+                f"N={n_text} {mode} vs arraycrypto-w1: CPU per tick {ratio['cpu']:.2f}x,"
                 f" p99 {ratio['p99']:.2f}x, connect time {ratio['connect']:.2f}x"
             )
     return 0
