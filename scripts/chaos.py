@@ -341,12 +341,17 @@ def scenario_storm(n: int = 10_000, workers: int = 1) -> dict[str, Any]:
             server.start()
             restarted = time.time()
             result: dict[str, Any] = json.loads(read_tagged(clients, "RESULT", 600))
+            # After the restart: handshakes cut short to make room, and waits for room.
+            evicted = fetch_metric(server.port, "arraycrypto_pending_evicted_total")
+            paused = fetch_metric(server.port, "arraycrypto_accept_paused_total")
         finally:
             end(clients)
             server.kill()
     return {
         "clients": n,
         "workers": workers,
+        "pending_evicted_after_restart": int(evicted),
+        "accept_paused_after_restart": int(paused),
         "initial_connect_s": round(initial, 2),
         "all_reauthenticated_s_after_restart": round(result["last_auth"] - restarted, 2),
         "first_reauthenticated_s_after_restart": round(result["first_auth"] - restarted, 2),

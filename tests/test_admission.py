@@ -1,4 +1,4 @@
-"""Admission, pure: the pending pool, eviction of the oldest, refusal only when full."""
+"""Admission, pure: the pending pool, eviction of the old, waiting for the young."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import pytest
 
 from arraycrypto.core.admission import Admission
 
+OLD = 10.0  # seconds: well past evict_after (1 s)
 
-def test_pending_pool_evicts_its_oldest() -> None:
+
+def test_pending_pool_evicts_its_oldest_once_old() -> None:
     admission = Admission(max_connections=10, max_pending=3)
     tickets = []
     for _ in range(3):
-        got = admission.arrive()
+        got = admission.arrive(0.0)
         assert got is not None
         tickets.append(got[0])
         assert got[1] is None
-    got = admission.arrive()  # the pool is full: the oldest pending goes
+    assert admission.wait_until(OLD) is None  # room: the oldest may go
+    got = admission.arrive(OLD)  # the pool is full: the oldest pending goes
     assert got is not None
     assert got[1] == tickets[0]
     assert admission.pending == 3
@@ -24,25 +27,63 @@ def test_pending_pool_evicts_its_oldest() -> None:
     assert admission.total == 3
 
 
+def test_a_full_pool_of_young_connections_makes_newcomers_wait() -> None:
+    # A reconnect storm: every pending connection is a client mid-handshake.
+    admission = Admission(max_connections=10, max_pending=2)
+    first = admission.arrive(0.0)
+    second = admission.arrive(0.5)
+    assert first is not None
+    assert second is not None
+    assert admission.wait_until(0.6) == 1.0  # when the oldest is evict_after old
+    assert admission.wait_until(1.0) is None
+    # A pending connection that finishes makes room at once, without evicting anyone.
+    admission.authenticated(first[0])
+    assert admission.wait_until(0.6) is None
+    third = admission.arrive(0.6)
+    assert third is not None
+    assert third[1] is None
+
+
+def test_connections_accepted_but_not_yet_admitted_count() -> None:
+    admission = Admission(max_connections=10, max_pending=3)
+    admission.arrive(0.0)
+    assert admission.wait_until(0.1, incoming=1) is None
+    # With them the pool would be full: let them be admitted first, then look again.
+    assert admission.wait_until(0.1, incoming=2) == 0.1
+
+
+def test_newcomers_past_a_young_full_pool_grow_it_instead_of_evicting() -> None:
+    # Accepted in one batch before the pool filled: they are admitted, nobody evicted.
+    admission = Admission(max_connections=10, max_pending=1)
+    admission.arrive(0.0)
+    got = admission.arrive(0.1)
+    assert got is not None
+    assert got[1] is None
+    assert admission.pending == 2
+
+
 def test_authenticated_clients_leave_the_pool_and_fill_the_server() -> None:
     admission = Admission(max_connections=3, max_pending=2)
     for _ in range(3):
-        got = admission.arrive()
+        got = admission.arrive(0.0)
         assert got is not None
         admission.authenticated(got[0])
     assert admission.pending == 0
-    assert admission.arrive() is None  # full of authenticated clients: refused (503)
+    assert admission.wait_until(0.0) is None  # no waiting: refused at once
+    assert admission.arrive(0.0) is None  # full of authenticated clients: refused (503)
 
 
-def test_a_full_server_evicts_a_pending_connection_before_refusing() -> None:
+def test_a_full_server_evicts_an_old_pending_connection_before_refusing() -> None:
     admission = Admission(max_connections=3, max_pending=3)
-    first = admission.arrive()
+    first = admission.arrive(0.0)
     assert first is not None
     for _ in range(2):
-        got = admission.arrive()
+        got = admission.arrive(0.0)
         assert got is not None
         admission.authenticated(got[0])
-    got = admission.arrive()  # full, one pending: it goes, the newcomer comes in
+    assert admission.wait_until(0.5) == 1.0  # full, its one pending still young
+    assert admission.arrive(0.5) is None  # never beyond max_connections
+    got = admission.arrive(OLD)  # full, one old pending: it goes, the newcomer comes in
     assert got is not None
     assert got[1] == first[0]
     assert admission.total == 3

@@ -87,6 +87,9 @@ class Listener:
         self._ssl = ssl_context
         self.admission = Admission(config.max_connections, config.pending_limit)
         self._pending: dict[int, SocketStream] = {}  # ticket -> stream, to evict
+        self._incoming = 0  # accepted, not yet admitted (their tasks have not run)
+        # Set when a pending connection leaves the pool, while accepting waits for that.
+        self._room: anyio.Event | None = None
         # Port scanners, floods and dying clients repeat the same lines at network speed.
         self._warnings = RateLimitedLog(logger)
         metrics.gauges["pending_connections"] = lambda: self.admission.pending
@@ -112,6 +115,11 @@ class Listener:
         while True:
             await anyio.wait_readable(sock)
             for _ in range(_ACCEPT_BATCH):
+                now = time.monotonic()
+                until = self.admission.wait_until(now, self._incoming)
+                if until is not None:
+                    await self._wait_for_room(until - now)
+                    break  # then look at the socket again
                 try:
                     client, _addr = sock.accept()
                 except (BlockingIOError, InterruptedError):
@@ -134,9 +142,39 @@ class Listener:
                     )
                     continue
                 # A fixed task name: deriving one from the function costs per connection.
+                self._incoming += 1
                 tg.start_soon(self._connection, client, name="arraycrypto connection")
             else:
                 await anyio.lowlevel.checkpoint()  # a long batch: let the others run
+
+    async def _wait_for_room(self, seconds: float) -> None:
+        """Leave newcomers in the kernel's accept queue while the pending pool is full of
+        connections too young to evict (a reconnect storm: all mid-handshake).
+
+        Until a pending connection leaves the pool, or ``seconds``, when the oldest is
+        old enough to evict (core/admission.py says why).
+        """
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()  # the accepted ones' tasks run first
+            return
+        self.metrics.accept_paused_total += 1
+        if self._room is None:  # one event for every listening socket's loop
+            self._room = anyio.Event()
+        room = self._room
+        with anyio.move_on_after(seconds):
+            await room.wait()
+        if self._room is room:
+            self._room = None
+
+    def _authenticated(self, ticket: int) -> None:
+        """The connection proved itself or was answered: room for one in the pool."""
+        self.admission.authenticated(ticket)
+        self._left_pool()
+
+    def _left_pool(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     async def _connection(self, sock: socket.socket) -> None:
         """One connection's whole life, in one frame: an idle subscriber waits here.
@@ -145,6 +183,7 @@ class Listener:
         this frame, the driver's step and the stream's receive: each suspended frame
         costs every connection memory, so the phases before it return first.
         """
+        self._incoming -= 1  # admitted below, before any await
         metrics = self.metrics
         metrics.connections_total += 1
         metrics.connections += 1
@@ -196,6 +235,7 @@ class Listener:
             if ticket:
                 self._pending.pop(ticket, None)
                 self.admission.done(ticket)
+                self._left_pool()
             if subscriber is not None:
                 self.fanout.discard(subscriber)
                 logger.debug("session %s ended", subscriber.session_id)
@@ -210,7 +250,7 @@ class Listener:
 
     def _admit(self, stream: SocketStream) -> int:
         """A ticket for a new connection (evicting the oldest pending one), or 0: full."""
-        admitted = self.admission.arrive()
+        admitted = self.admission.arrive(time.monotonic())
         if admitted is None:
             return 0
         ticket, evicted = admitted
@@ -256,12 +296,12 @@ class Listener:
             or request.method != "GET"
             or not request.is_websocket_upgrade()
         ):
-            self.admission.authenticated(ticket)  # a complete request: not a slow one
+            self._authenticated(ticket)  # a complete request: not a slow one
             await self.shim.answer(stream, request)
             return None
         if self._draining():
             # Lame duck: new clients go to another server (the load balancer's job too).
-            self.admission.authenticated(ticket)
+            self._authenticated(ticket)
             await self.shim.reply(stream, request.path, 503, {"error": "draining"}, request)
             return None
         now = time.monotonic()
@@ -291,7 +331,7 @@ class Listener:
         subscriber = None
         for event in events:
             if isinstance(event, Subscribed):
-                self.admission.authenticated(ticket)
+                self._authenticated(ticket)
                 self._pending.pop(ticket, None)
                 self.metrics.handshakes_ok_total += 1
                 subscriber = self.fanout.add(conn, stream)

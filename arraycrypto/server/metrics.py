@@ -56,6 +56,11 @@ METRICS: Final = (
     ),
     Metric("pending_connections", "gauge", "Connections not yet authenticated."),
     Metric(
+        "accept_paused_total",
+        "counter",
+        "Times accepting paused: the pending pool full of connections too young to evict.",
+    ),
+    Metric(
         "http_requests_total",
         "counter",
         "HTTP shim requests by path and status.",
@@ -98,6 +103,7 @@ class Metrics:
         self.pushes_total = 0
         self.rejected_full_total = 0
         self.pending_evicted_total = 0
+        self.accept_paused_total = 0
         self.push_duration_seconds_sum = 0.0
         self.push_duration_seconds_last = 0.0
         self.accept_errors_total = 0
