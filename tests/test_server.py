@@ -232,6 +232,40 @@ async def test_unauthenticated_peer_receives_only_the_challenge() -> None:
         await client.aclose()
 
 
+async def test_pings_are_spread_over_the_interval() -> None:
+    # Pinging every client in the same instant brings every pong back in one burst:
+    # at 10 000 clients that stalled the loop for seconds (ticks late, clients gone to
+    # another server). Clients subscribed together must be pinged at different times,
+    # each still within its interval.
+    interval = 1.0
+    config = server_config(tick_interval=10, ping_interval=interval, ping_timeout=30)
+    async with running_server(config) as server:
+        assert server.port
+        clients = [await hostile.subscribe(server.port) for _ in range(40)]
+        started = anyio.current_time()
+        first_ping: list[float] = []
+
+        async def wait_ping(reader: hostile.Reader) -> None:
+            while (got := await reader.next_frame()) is not None:
+                if got[0] == frames.PING:
+                    first_ping.append(anyio.current_time() - started)
+                    return
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _, reader in clients:
+                    tg.start_soon(wait_ping, reader)
+        for stream, _ in clients:
+            await stream.aclose()
+    assert len(first_ping) == 40
+    assert max(first_ping) <= interval + 0.5  # everyone within the interval (and slack)
+    # Spread over the interval, not one burst: at most a quarter in any tenth of it.
+    first_ping.sort()
+    window = interval / 10
+    densest = max(sum(1 for t in first_ping if t0 <= t < t0 + window) for t0 in first_ping)
+    assert densest <= 10, first_ping
+
+
 async def test_stalled_client_does_not_delay_others_and_is_dropped() -> None:
     config = server_config(tick_interval=0.05, ping_interval=0.2, ping_timeout=0.3)
     async with running_server(config) as server:

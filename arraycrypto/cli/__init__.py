@@ -15,6 +15,9 @@ from .serve import run_serve
 from .setup import run_client_config, run_keygen
 from .watch import run_watch
 
+#: server.tuning.GC_POLICIES, without importing the server for every command.
+GC_POLICY_NAMES = ("default", "raised", "frozen", "paced")
+
 __all__ = ["build_parser", "main"]
 
 _MAX_ASSOCIATED_DATA = 1 << 20
@@ -79,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--metrics-dir", help=argparse.SUPPRESS)
     # For measurements (scripts/soak.py, scripts/bench_gc.py), not for operators.
-    serve.add_argument("--gc-policy", default="raised", help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--gc-policy", default="raised", choices=GC_POLICY_NAMES, help=argparse.SUPPRESS
+    )
     serve.add_argument("--debug-objects", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=run_serve)
 

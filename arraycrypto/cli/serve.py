@@ -61,7 +61,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return supervise(args)
     # The server pulls in websockets; keygen does not need it.
     from ..server import Server
-    from ..server.tuning import keep_frozen, tune_process, watch_gc
+    from ..server.tuning import keep_frozen, pace_gc, tune_process, watch_gc
 
     json_logs = args.log_format == "json"
     setup_logging(args.log_level, worker=args.worker, json_format=json_logs)
@@ -107,6 +107,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 await tg.start(server.run, args.workers != "1")
                 if args.gc_policy == "frozen":
                     tg.start_soon(keep_frozen)
+                elif args.gc_policy == "paced":
+                    tg.start_soon(pace_gc)
                 if args.worker is not None:
                     tg.start_soon(_watch_supervisor, os.getppid())
                 await _until_stopped(server, received, tg, args)

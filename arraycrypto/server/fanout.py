@@ -42,6 +42,8 @@ __all__ = ["Fanout", "Subscriber", "Ticker"]
 logger = logging.getLogger("arraycrypto.server")
 
 _CLOSE_STEP: Final = 0.1  # seconds between two batches of a drain's closes
+#: The pinger's rounds per interval, each for one slot of the clients (pings spread out).
+_PING_SLOTS: Final = 10
 
 
 class Ticker:
@@ -111,11 +113,20 @@ class Ticker:
 class Subscriber:
     """One subscribed client in the fan-out: its connection, stream and one-slot mailbox."""
 
-    __slots__ = ("conn", "pending", "ping_due", "stream", "write_started", "writing")
+    __slots__ = (
+        "conn",
+        "pending",
+        "ping_due",
+        "ping_slot",
+        "stream",
+        "write_started",
+        "writing",
+    )
 
-    def __init__(self, conn: ServerConnection, stream: DirectStream) -> None:
+    def __init__(self, conn: ServerConnection, stream: DirectStream, ping_slot: int) -> None:
         self.conn = conn
         self.stream = stream
+        self.ping_slot = ping_slot  # which of the pinger's rounds looks at this client
         self.pending: bytes | None = None  # the newest unsent push (replaceable)
         self.ping_due = False  # a ping waits for the writer
         self.writing = False  # a writer task is running
@@ -138,6 +149,7 @@ class Fanout:
         self.writers_started = 0
         self._errors = RateLimitedLog(logger)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._next_slot = 0
         metrics.gauges["subscribed_clients"] = lambda: len(self.subscribers)
 
     def __len__(self) -> int:
@@ -207,7 +219,8 @@ class Fanout:
 
     def add(self, conn: ServerConnection, stream: DirectStream) -> Subscriber:
         """Add a subscribed connection; remove it with :meth:`discard` when it ends."""
-        subscriber = Subscriber(conn, stream)
+        subscriber = Subscriber(conn, stream, self._next_slot)
+        self._next_slot = (self._next_slot + 1) % _PING_SLOTS
         self.subscribers.add(subscriber)
         return subscriber
 
@@ -246,17 +259,26 @@ class Fanout:
         self._metrics.push_duration_seconds_sum += elapsed
 
     async def _pinger(self) -> None:
-        # Dead-peer detection for every client from one task, not a timer per connection.
-        interval = self._config.ping_interval
-        timeout = self._config.ping_timeout
+        """Dead-peer detection for every client from one task, not a timer per connection.
+
+        In rounds: each looks at one slot of clients out of ``_PING_SLOTS``, so pings go
+        out, and pongs come back, spread over the interval. Pinging everyone at once
+        brought 10 000 pongs back in one burst, which stalled the loop for seconds.
+        """
+        slot = 0
         while True:
-            await anyio.sleep(min(interval, timeout))
+            interval = self._config.ping_interval  # read each round: a reload applies
+            timeout = self._config.ping_timeout
+            await anyio.sleep(min(interval, timeout) / _PING_SLOTS)
             now = time.monotonic()
             for sub in list(self.subscribers):
+                if sub.ping_slot != slot:
+                    continue
                 try:
                     self._ping(sub, now, interval, timeout)
                 except Exception:
                     self._failed(sub, "pinger")
+            slot = (slot + 1) % _PING_SLOTS
 
     def _ping(self, sub: Subscriber, now: float, interval: float, timeout: float) -> None:
         verdict = sub.conn.ping_verdict(now, interval, timeout)
