@@ -1,7 +1,7 @@
 """Benchmark arraycrypto's envelope against raw AES-GCM and Fernet, side by side.
 
-    python scripts/bench_crypto.py            # a table
-    python scripts/bench_crypto.py --json     # one JSON object with medians and ratios
+    python -m scripts.bench_crypto            # a table
+    python -m scripts.bench_crypto --json     # one JSON object with medians and ratios
 
 Everything runs in one process, interleaved round by round, so machine noise hits every
 contender alike; the figures are medians over rounds of per-operation times.

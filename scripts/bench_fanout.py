@@ -83,7 +83,7 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
     import anyio
 
     from arraycrypto.server import Server
-    from arraycrypto.server.tuning import tune_process
+    from arraycrypto.server.tuning import pace_gc, tune_process
 
     tls = tls_files()
     config = ServerConfig(
@@ -106,6 +106,7 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
         server = Server(config)
         async with anyio.create_task_group() as tg:
             port = await tg.start(server.run)
+            tg.start_soon(pace_gc)  # the collector policy `arraycrypto serve` runs
             print(f"PORT {port}", flush=True)
 
     anyio.run(main, backend_options={"use_uvloop": True} if uvloop else {})

@@ -1,8 +1,8 @@
 """Benchmark streaming through the CLI against raw AES-GCM and age, side by side.
 
-    python scripts/bench_stream.py                 # 1 GiB, 5 runs (minutes)
-    python scripts/bench_stream.py --size 256M --runs 3
-    python scripts/bench_stream.py --json
+    python -m scripts.bench_stream                 # 1 GiB, 5 runs (minutes)
+    python -m scripts.bench_stream --size 256M --runs 3
+    python -m scripts.bench_stream --json
 
 In one run, on the same file, alternating contender by contender within each round:
 

@@ -1,7 +1,7 @@
 """Generate the test vectors in tests/vectors/ from fixed keys, seeds, nonces and times.
 
-    python scripts/gen_vectors.py          # rewrite tests/vectors/*.json
-    python scripts/gen_vectors.py --check  # exit 1 if the files differ from a fresh run
+    python -m scripts.gen_vectors          # rewrite tests/vectors/*.json
+    python -m scripts.gen_vectors --check  # exit 1 if the files differ from a fresh run
 
 Every input is a constant in this file, so the output is deterministic. The vectors are
 for implementers of PROTOCOL.md in other languages; tests/test_vectors.py checks that our

@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--tick", type=float, default=0.01, help="client-soak tick (s)")
     parser.add_argument(
-        "--gc-policy", default="raised", choices=["default", "raised", "frozen", "paced"]
+        "--gc-policy", default="paced", choices=["default", "raised", "frozen", "paced"]
     )
     parser.add_argument("--max-slope", type=float, default=50.0, help="KiB/min for --check")
     parser.add_argument("--check", action="store_true", help="exit 1 on growth or a leak")

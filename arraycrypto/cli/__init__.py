@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the supervisor of --workers for each worker it starts.
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--metrics-dir", help=argparse.SUPPRESS)
-    # For measurements (scripts/soak.py, scripts/bench_gc.py), not for operators.
+    # For measurements (scripts/soak.py), not for operators: "paced" is the measured best
+    # (docs/benchmarks.md, "The garbage collector at 10 000 connections").
     serve.add_argument(
-        "--gc-policy", default="raised", choices=GC_POLICY_NAMES, help=argparse.SUPPRESS
+        "--gc-policy", default="paced", choices=GC_POLICY_NAMES, help=argparse.SUPPRESS
     )
     serve.add_argument("--debug-objects", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=run_serve)

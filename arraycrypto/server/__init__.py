@@ -2,6 +2,7 @@
 
 from .server import Server as Server
 from .server import serve as serve
+from .tuning import pace_gc as pace_gc
 from .tuning import tune_process as tune_process
 
-__all__ = ["Server", "serve", "tune_process"]
+__all__ = ["Server", "pace_gc", "serve", "tune_process"]

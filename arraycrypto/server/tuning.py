@@ -169,8 +169,13 @@ async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
             frozen_at = now
 
 
-def tune_process(max_connections: int, gc_policy: str = "raised") -> None:
-    """What ``arraycrypto serve`` does before it serves: the fd limit, the collector."""
+def tune_process(max_connections: int, gc_policy: str = "paced") -> None:
+    """What ``arraycrypto serve`` does before it serves: the fd limit, the collector.
+
+    Process-wide, so never done by :func:`~arraycrypto.server.serve` itself. The default
+    "paced" policy also needs :func:`pace_gc` running beside the server (the CLI starts
+    it); without it the raised thresholds alone are the "raised" policy.
+    """
     raise_fd_limit(max_connections)
     if gc_policy != "default":
         tune_gc()
