@@ -538,3 +538,21 @@ async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_the_debug_object_count_sees_frozen_connections() -> None:
+    # The soak's leak check counts connection objects (serve --debug-objects); the
+    # default policy freezes long-lived objects, which gc.get_objects() does not list.
+    from arraycrypto.cli.serve import _count_connections
+    from arraycrypto.core.server_connection import ServerConnection
+
+    conn = ServerConnection.__new__(ServerConnection)
+    expected = _count_connections()
+    assert expected >= 1
+    gc.freeze()
+    try:
+        assert _count_connections() == expected
+        assert gc.get_freeze_count() > 0  # frozen again after the count
+    finally:
+        gc.unfreeze()
+    del conn

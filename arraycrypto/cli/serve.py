@@ -132,7 +132,18 @@ def _count_connections() -> float:
 
     from ..core.server_connection import ServerConnection
 
-    return float(sum(1 for obj in gc.get_objects() if type(obj) is ServerConnection))
+    # gc.get_objects() does not list frozen objects, and the paced and frozen policies
+    # freeze what lives long, connections first: thaw to count, then freeze again the
+    # way pace_gc does (a middle collection first, so young garbage is not frozen).
+    frozen = gc.get_freeze_count() > 0
+    if frozen:
+        gc.unfreeze()
+    try:
+        return float(sum(1 for obj in gc.get_objects() if type(obj) is ServerConnection))
+    finally:
+        if frozen:
+            gc.collect(1)
+            gc.freeze()
 
 
 async def _until_stopped(
