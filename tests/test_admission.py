@@ -94,3 +94,45 @@ def test_a_full_server_evicts_an_old_pending_connection_before_refusing() -> Non
 def test_bounds() -> None:
     with pytest.raises(ValueError, match="max_pending"):
         Admission(max_connections=3, max_pending=4)
+
+
+def test_a_busy_server_evicts_only_what_is_slower_than_its_real_clients() -> None:
+    # A reconnect storm on a busy server: real clients take 1.5 s from accept to their
+    # proof. A pool of them, all past 1 s, is not evicted: only connections pending
+    # twice as long as the recent handshakes (a slow-loris never proves anything).
+    admission = Admission(max_connections=100, max_pending=2)
+    done = admission.arrive(0.0)
+    assert done is not None
+    admission.authenticated(done[0], now=1.5)  # a client that proved itself after 1.5 s
+    assert admission.evict_age == 3.0
+    first = admission.arrive(1.5)
+    second = admission.arrive(1.6)
+    assert first is not None
+    assert second is not None
+    assert admission.wait_until(2.6) == 4.5  # 1 s old, as real clients are now: wait
+    got = admission.arrive(2.6)  # accepted already: the pool grows, nobody evicted
+    assert got is not None
+    assert got[1] is None
+    got = admission.arrive(4.5)
+    assert got is not None
+    assert got[1] == first[0]  # 3 s: slower than any real client lately
+
+
+def test_the_recent_handshake_time_falls_back_as_clients_get_fast() -> None:
+    admission = Admission(max_connections=100, max_pending=10)
+    now = 0.0
+    slow = admission.arrive(now)
+    assert slow is not None
+    admission.authenticated(slow[0], now=2.0)
+    assert admission.evict_age == 4.0
+    for _ in range(60):  # fast handshakes (10 ms) pull it back down to the floor
+        now += 1.0
+        got = admission.arrive(now)
+        assert got is not None
+        admission.authenticated(got[0], now=now + 0.01)
+    assert admission.evict_age == 1.0
+    # Answered HTTP requests (no proof: an attacker can drip those) do not count.
+    http = admission.arrive(now)
+    assert http is not None
+    admission.authenticated(http[0])
+    assert admission.evict_age == 1.0

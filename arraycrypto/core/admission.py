@@ -6,18 +6,21 @@ accepting when told to wait. ``now`` is the driver's clock (seconds, never going
 A connection is *pending* from accept until it is authenticated (or its HTTP request is
 answered): pending connections live in their own pool of ``max_pending``, below
 ``max_connections``. When that pool is full, or the server is, a newcomer evicts the
-oldest pending connection, but only one pending for at least ``evict_after`` seconds:
+oldest pending connection, but only one pending for at least :attr:`Admission.evict_age`
+seconds: ``evict_after`` (1 s), or twice the time real clients have recently needed from
+accept to their proof, when that is longer (a busy server in a reconnect storm):
 
 - an idle or slow-dripping unauthenticated connection is old by then, so it only ever
   evicts its own kind, while real clients, which finish in milliseconds, get through;
 - in a reconnect storm every pending connection is a real client mid-handshake, the
   oldest the nearest to done: evicting it would only send it back to its backoff. Until
-  the oldest is ``evict_after`` old, the listener leaves newcomers in the kernel's
+  the oldest is ``evict_age`` old, the listener leaves newcomers in the kernel's
   accept queue (:meth:`Admission.wait_until`), so the pool bounds how many handshakes
   run at once and each finishes sooner.
 
 Only when every connection is authenticated and the server is full is a newcomer
-refused.
+refused. Only proofs teach the pool how long real clients take: an answered HTTP request
+does not, since anyone can drip one out slowly.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ __all__ = ["EVICT_AFTER", "Admission"]
 
 #: Seconds a connection must have been pending before a newcomer may evict it.
 EVICT_AFTER: Final = 1.0
+#: How far the recent handshake time falls toward each faster one (it rises at once).
+_EASE: Final = 0.1
 
 
 class Admission:
@@ -39,6 +44,7 @@ class Admission:
         "_next",
         "_pending",
         "evict_after",
+        "handshake_time",
         "max_connections",
         "max_pending",
         "total",
@@ -52,6 +58,8 @@ class Admission:
         self.max_connections = max_connections
         self.max_pending = max_pending
         self.evict_after = evict_after
+        #: How long real clients have recently taken from accept to their proof.
+        self.handshake_time = 0.0
         self.total = 0  # admitted and neither done nor evicted
         # Ticket -> when it arrived, in admission order (oldest first).
         self._pending: dict[int, float] = {}
@@ -62,6 +70,11 @@ class Admission:
     def pending(self) -> int:
         """Connections admitted and not yet authenticated."""
         return len(self._pending)
+
+    @property
+    def evict_age(self) -> float:
+        """How long a pending connection must have waited before it may be evicted."""
+        return max(self.evict_after, 2.0 * self.handshake_time)
 
     def wait_until(self, now: float, incoming: int = 0) -> float | None:
         """When a newcomer may be taken: None for now, else the time to look again.
@@ -83,13 +96,13 @@ class Admission:
             return None  # full of authenticated clients: refused at once
         # The evictions-th oldest must be old enough (dicts keep admission order).
         arrived = next(itertools.islice(self._pending.values(), evictions - 1, None))
-        ready = arrived + self.evict_after
+        ready = arrived + self.evict_age
         return None if now >= ready else ready
 
     def arrive(self, now: float) -> tuple[int, int | None] | None:
         """Admit a new connection: its ticket and the ticket to evict; None: refused.
 
-        Past a full pool whose oldest is not yet ``evict_after`` old (newcomers the
+        Past a full pool whose oldest is not yet ``evict_age`` old (newcomers the
         listener had already accepted), the pool grows beyond ``max_pending`` rather
         than evict a client mid-handshake; the server itself never grows beyond
         ``max_connections``: then the newcomer is refused.
@@ -100,7 +113,7 @@ class Admission:
         evicted = None
         if full or len(self._pending) >= self.max_pending:
             oldest, arrived = next(iter(self._pending.items()))
-            if now - arrived >= self.evict_after:
+            if now - arrived >= self.evict_age:
                 evicted = oldest
                 del self._pending[evicted]
                 self._evicted.add(evicted)
@@ -112,9 +125,17 @@ class Admission:
         self.total += 1
         return ticket, evicted
 
-    def authenticated(self, ticket: int) -> None:
-        """The connection proved itself (or was answered): it leaves the pending pool."""
-        self._pending.pop(ticket, None)
+    def authenticated(self, ticket: int, now: float | None = None) -> None:
+        """The connection proved itself (or was answered): it leaves the pending pool.
+
+        ``now`` only for a proof: how long it took becomes the recent handshake time at
+        once if longer, and eases it down if shorter.
+        """
+        arrived = self._pending.pop(ticket, None)
+        if arrived is not None and now is not None:
+            took = now - arrived
+            recent = self.handshake_time
+            self.handshake_time = took if took > recent else recent + (took - recent) * _EASE
 
     def done(self, ticket: int) -> None:
         """The connection ended: its place is free (an evicted one's already was)."""

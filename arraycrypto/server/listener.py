@@ -93,6 +93,7 @@ class Listener:
         # Port scanners, floods and dying clients repeat the same lines at network speed.
         self._warnings = RateLimitedLog(logger)
         metrics.gauges["pending_connections"] = lambda: self.admission.pending
+        metrics.gauges["pending_evict_age_seconds"] = lambda: self.admission.evict_age
 
     def reload(self, config: ServerConfig, ssl_context: ssl.SSLContext | None) -> None:
         """Take a new config and TLS context: new connections get them, open ones keep theirs."""
@@ -166,9 +167,9 @@ class Listener:
         if self._room is room:
             self._room = None
 
-    def _authenticated(self, ticket: int) -> None:
-        """The connection proved itself or was answered: room for one in the pool."""
-        self.admission.authenticated(ticket)
+    def _authenticated(self, ticket: int, now: float | None = None) -> None:
+        """The connection proved itself (``now``) or was answered: room in the pool."""
+        self.admission.authenticated(ticket, now)
         self._left_pool()
 
     def _left_pool(self) -> None:
@@ -331,7 +332,7 @@ class Listener:
         subscriber = None
         for event in events:
             if isinstance(event, Subscribed):
-                self._authenticated(ticket)
+                self._authenticated(ticket, time.monotonic())
                 self._pending.pop(ticket, None)
                 self.metrics.handshakes_ok_total += 1
                 subscriber = self.fanout.add(conn, stream)

@@ -56,6 +56,11 @@ METRICS: Final = (
     ),
     Metric("pending_connections", "gauge", "Connections not yet authenticated."),
     Metric(
+        "pending_evict_age_seconds",
+        "gauge",
+        "How long a pending connection may wait before a newcomer evicts it.",
+    ),
+    Metric(
         "accept_paused_total",
         "counter",
         "Times accepting paused: the pending pool full of connections too young to evict.",
