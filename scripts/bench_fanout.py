@@ -5,11 +5,13 @@
     python -m scripts.bench_fanout --tls --clients 1000 5000  # wss on both servers
     python -m scripts.bench_fanout --clients 1000 --ticks 5 --json
     python -m scripts.bench_fanout --clients 10000 --runs 3 --workers 1 2   # the CLI, N workers
+    python -m scripts.bench_fanout --clients 10000 --runs 3 --gc-policy raised paced
 
 For each N, in the same run and with the same hand-made clients (another process):
 
 - ``arraycrypto``: ``arraycrypto.Server`` (anyio driver, one-slot mailboxes, one frame
-  serialised per tick);
+  serialised per tick) with the collector policy ``arraycrypto serve`` applies
+  ("paced"); with ``--gc-policy P ...``, one ``arraycrypto-P`` per policy instead;
 - ``baseline``: ``websockets.asyncio.server.serve`` with compression off, the same
   handshake (our pure ``ServerSession``), then ``websockets.broadcast()`` of a signed
   snapshot of the same size at the same rate;
@@ -79,11 +81,11 @@ def make_tls_dir(tls_dir: str) -> None:
 # -- servers (child process) ---------------------------------------------------------------
 
 
-def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
+def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = "paced") -> None:
     import anyio
 
     from arraycrypto.server import Server
-    from arraycrypto.server.tuning import pace_gc, tune_process
+    from arraycrypto.server.tuning import keep_frozen, pace_gc, tune_process
 
     tls = tls_files()
     config = ServerConfig(
@@ -100,13 +102,16 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False) -> None:
         tls_keyfile=tls["key"] if tls else None,
     )
 
-    tune_process(config.max_connections)  # as `arraycrypto serve` does
+    tune_process(config.max_connections, policy)  # as `arraycrypto serve` does
 
     async def main() -> None:
         server = Server(config)
         async with anyio.create_task_group() as tg:
             port = await tg.start(server.run)
-            tg.start_soon(pace_gc)  # the collector policy `arraycrypto serve` runs
+            if policy == "paced":  # the collector policy `arraycrypto serve` runs
+                tg.start_soon(pace_gc)
+            elif policy == "frozen":
+                tg.start_soon(keep_frozen)
             print(f"PORT {port}", flush=True)
 
     anyio.run(main, backend_options={"use_uvloop": True} if uvloop else {})
@@ -320,7 +325,12 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every (N, server) pair args.runs times; one median row per pair."""
     rows: list[dict[str, Any]] = []
     for n in args.clients:
-        modes = ["arraycrypto"] + [f"arraycrypto-w{w}" for w in args.workers] + ["baseline"]
+        ours = (
+            ["arraycrypto"]
+            if args.gc_policy == ["paced"]
+            else [f"arraycrypto-{policy}" for policy in args.gc_policy]
+        )
+        modes = ours + [f"arraycrypto-w{w}" for w in args.workers] + ["baseline"]
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for _ in range(args.runs):
             for mode, results in runs.items():  # alternate, so drifts hit both alike
@@ -341,8 +351,11 @@ def main() -> int:
         raise_fd_limit()
         mode, interval = sys.argv[2], float(sys.argv[3])
         use_uvloop = len(sys.argv) > 4 and sys.argv[4] == "uvloop"
-        run = run_arraycrypto_server if mode == "arraycrypto" else run_baseline_server
-        run(interval, use_uvloop)
+        if mode.startswith("arraycrypto"):
+            policy = mode.split("-", 1)[1] if "-" in mode else "paced"
+            run_arraycrypto_server(interval, use_uvloop, policy)
+        else:
+            run_baseline_server(interval, use_uvloop)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "_clients":
         port, n, ticks, tick_s = sys.argv[2:6]
@@ -367,6 +380,13 @@ def main() -> int:
         nargs="+",
         default=[],
         help="also `arraycrypto serve --workers N` (the CLI, a process of its own) for each N",
+    )
+    parser.add_argument(
+        "--gc-policy",
+        nargs="+",
+        default=["paced"],
+        choices=["default", "raised", "frozen", "paced"],
+        help="the in-process server's collector policy; several: one mode each",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

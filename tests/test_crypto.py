@@ -51,6 +51,21 @@ def test_large_payload_round_trip() -> None:
     assert ring.decrypt(buffer, b"ad") == data  # bytearray input accepted
 
 
+@pytest.mark.parametrize("size", [0, 64, 65535, 65536, 1024 * 1024])
+@pytest.mark.parametrize("ad", [b"", b"ad"])
+def test_the_v1_encryptor_makes_what_encrypt_makes(size: int, ad: bytes) -> None:
+    # CryptoClient's hot path: the same v1 envelope as the method, small and pooled sizes.
+    ring = Keyring(SECRET)
+    cipher = ring.cipher(snap(ring))
+    encrypt = cipher.v1_encryptor()
+    data = os.urandom(size)
+    token = encrypt(data, ad)
+    assert token[:58] == cipher.encrypt(data, ad)[:58]  # same header: version, key, tick
+    assert len(token) == len(cipher.encrypt(data, ad))
+    assert Keyring(SECRET).decrypt(token, ad) == data
+    assert ring.decrypt(encrypt("é", ad), ad) == "é".encode()
+
+
 def test_encrypt_into_rejects_small_buffer() -> None:
     ring = Keyring(SECRET)
     cipher = ring.cipher(snap(ring))

@@ -491,7 +491,7 @@ class CryptoClient:
         """Sink: a snapshot passed every check; install its cipher for the hot path."""
         cipher = event.cipher
         self._cipher = cipher
-        self._encrypt = cipher.encrypt
+        self._encrypt = cipher.v1_encryptor()
         self._expires = event.expires_at
         self._rejected = None
         self._failure = None
