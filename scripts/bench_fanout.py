@@ -50,7 +50,7 @@ from typing import Any
 from arraycrypto import Keyring, ServerConfig, save_config
 from arraycrypto.core import messages as m
 from tests.harness.constants import HOST, SECRET
-from tests.harness.light import ClientBench, LightClient, end, raise_fd_limit, read_tagged, spawn
+from tests.harness.light import connect_light, end, raise_fd_limit, read_tagged, spawn
 from tests.harness.proc import children, cpu_seconds, rss_kib
 from tests.harness.servers import ServeProcess
 
@@ -192,27 +192,10 @@ def run_baseline_server(interval: float, uvloop: bool = False) -> None:
 
 async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
     raise_fd_limit()
-    loop = asyncio.get_running_loop()
-    bench = ClientBench()
-    protocols: list[LightClient] = []
-    gate = asyncio.Semaphore(256)  # connections in flight at once
     tls = tls_files()
     ssl_context = ssl.create_default_context(cafile=tls["ca"]) if tls else None
-
-    async def one() -> None:
-        async with gate:
-            _, proto = await loop.create_connection(
-                lambda: LightClient(bench),
-                HOST,
-                port,
-                ssl=ssl_context,
-                server_hostname="localhost" if ssl_context else None,
-            )
-            protocols.append(proto)
-            await asyncio.wait_for(proto.authenticated, 60)
-
     started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(n)))
+    bench, protocols = await connect_light(port, n, 60, ssl_context=ssl_context)
     connect_s = time.perf_counter() - started
     print(f"CONNECTED {connect_s:.3f}", flush=True)
     # The clients' objects live until the end: keep this process's own garbage

@@ -110,22 +110,12 @@ def run_server(clients: int, detail: int) -> None:
 
 async def run_clients(port: int, n: int) -> None:
     """Child: ``n`` light clients that authenticate and then stay subscribed."""
-    from tests.harness.light import ClientBench, LightClient, raise_fd_limit
+    from tests.harness.light import connect_light, raise_fd_limit
 
     raise_fd_limit()
-    loop = asyncio.get_running_loop()
-    bench = ClientBench()
-    protos: list[LightClient] = []
-    gate = asyncio.Semaphore(256)
-
-    async def one() -> None:
-        async with gate:
-            _, proto = await loop.create_connection(lambda: LightClient(bench), HOST, port)
-            protos.append(proto)
-            await asyncio.wait_for(proto.authenticated, 120)
-
-    await asyncio.gather(*(one() for _ in range(n)))
+    _, protos = await connect_light(port, n, 120)
     print("CONNECTED", flush=True)
+    loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # until the parent is done
     for proto in protos:
         if proto.transport is not None:

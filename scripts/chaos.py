@@ -29,7 +29,15 @@ from typing import Any
 
 from arraycrypto import ServerConfig, save_config
 from tests.harness.constants import HOST, SECRET
-from tests.harness.light import ClientBench, LightClient, end, raise_fd_limit, read_tagged, spawn
+from tests.harness.light import (
+    ClientBench,
+    LightClient,
+    connect_light,
+    end,
+    raise_fd_limit,
+    read_tagged,
+    spawn,
+)
 from tests.harness.proc import rss_kib
 from tests.harness.servers import ServeProcess, fetch_metric
 
@@ -152,18 +160,7 @@ def scenario_kill(n: int = 1000, down: float = 2.0) -> dict[str, Any]:
 
 async def stalled_clients(port: int, n: int, stalled: int, ticks: int) -> None:
     raise_fd_limit()
-    loop = asyncio.get_running_loop()
-    bench = ClientBench()
-    protos: list[LightClient] = []
-    gate = asyncio.Semaphore(256)
-
-    async def one() -> None:
-        async with gate:
-            _, proto = await loop.create_connection(lambda: LightClient(bench), HOST, port)
-            protos.append(proto)
-            await asyncio.wait_for(proto.authenticated, 60)
-
-    await asyncio.gather(*(one() for _ in range(n)))
+    bench, protos = await connect_light(port, n, 60)
     silent = protos[:stalled]
     for proto in silent:  # these stop reading: the kernel buffers fill, no pongs go back
         assert proto.transport is not None

@@ -46,6 +46,7 @@ from . import messages as m
 from .handshake import REASONS, CloseCode, ServerSession, Violation
 from .http import RequestHead
 from .keys import Key, Snapshot
+from .wsrelease import release_protocol
 
 SnapshotSource = Callable[[], Snapshot]
 
@@ -291,21 +292,9 @@ class ServerConnection:
         self._end()
 
     def release(self) -> None:
-        """Break the reference cycles websockets leaves behind, once the connection ended.
-
-        Every protocol object is in a cycle with its parser: ``protocol.parser`` is a
-        suspended generator whose frame holds the protocol. And after an end of input
-        without a closing handshake, the protocol keeps the EOFError its parser raised,
-        whose traceback holds that frame again. Only the cyclic collector would free
-        them, and the server makes its full collections rare (at 10 000 connections one
-        stalls the loop): closing the generator and dropping the traceback lets
-        reference counting free the connection the moment it ends.
-        """
-        protocol = self._protocol
-        exc = protocol.parser_exc
-        if exc is not None:
-            exc.__traceback__ = None
-        protocol.parser.close()
+        """Break websockets' reference cycles once the connection ended (see
+        :func:`~arraycrypto.core.wsrelease.release_protocol`)."""
+        release_protocol(self._protocol)
 
     # -- rules ---------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import os
 import resource
+import ssl
 import subprocess
 import sys
 import time
@@ -26,7 +27,16 @@ from arraycrypto.core.handshake import Accepted, ClientSession, SnapshotPolicy
 from . import frames
 from .constants import HOST, SECRET
 
-__all__ = ["ROOT", "ClientBench", "LightClient", "end", "raise_fd_limit", "read_tagged", "spawn"]
+__all__ = [
+    "ROOT",
+    "ClientBench",
+    "LightClient",
+    "connect_light",
+    "end",
+    "raise_fd_limit",
+    "read_tagged",
+    "spawn",
+]
 
 #: The repository root: script children run as ``python -m scripts.NAME`` from here.
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +171,35 @@ class LightClient(asyncio.Protocol):
             self.send(frames.TEXT, result)
         elif isinstance(result, Accepted) or self.session.session_id is not None:
             self.authenticated.set_result(True)
+
+
+async def connect_light(
+    port: int,
+    n: int,
+    timeout: float,
+    bench: ClientBench | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[ClientBench, list[LightClient]]:
+    """Connect ``n`` light clients, 256 in flight at once, and wait until all authenticated.
+
+    Each waits at most ``timeout`` seconds for its handshake once connected.
+    """
+    loop = asyncio.get_running_loop()
+    bench = bench or ClientBench()
+    clients: list[LightClient] = []
+    gate = asyncio.Semaphore(256)  # connections in flight at once
+
+    async def one() -> None:
+        async with gate:
+            _, client = await loop.create_connection(
+                lambda: LightClient(bench),
+                HOST,
+                port,
+                ssl=ssl_context,
+                server_hostname="localhost" if ssl_context else None,
+            )
+            clients.append(client)
+            await asyncio.wait_for(client.authenticated, timeout)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return bench, clients
