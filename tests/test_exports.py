@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -47,11 +49,25 @@ def test_all_is_complete_and_exact() -> None:
         if not name.startswith("_")
         and not isinstance(value, types.ModuleType)
         and name != "annotations"  # the __future__ feature
-    }
+    } | set(arraycrypto._LAZY)  # loaded on first use (PEP 562)
     assert set(arraycrypto.__all__) == public
     assert len(arraycrypto.__all__) == len(set(arraycrypto.__all__))
     for name in arraycrypto.__all__:
         assert getattr(arraycrypto, name).__doc__, f"{name} has no docstring"
+
+
+def test_importing_the_package_loads_neither_client_nor_server() -> None:
+    # `arraycrypto decrypt` and `inspect` start without websockets, the client or the
+    # server; the names are still there, loaded on first use.
+    code = (
+        "import sys, arraycrypto\n"
+        "heavy = {'arraycrypto.client', 'arraycrypto.server', 'websockets'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert arraycrypto.CryptoClient.__name__ == 'CryptoClient'\n"
+        "assert 'arraycrypto.client' in sys.modules\n"
+        "assert 'CryptoClient' in dir(arraycrypto)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 @pytest.mark.parametrize("module", PURE)
