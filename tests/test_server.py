@@ -517,8 +517,8 @@ async def test_an_embedded_server_leaves_the_process_as_it_found_it() -> None:
 
 async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None:
     # The "paced" policy (the CLI's default): with automatic collection off, every
-    # collection counted here is pace_gc's own: young ones every 0.1 s, a middle one
-    # every tenth, then a freeze of what survived (freeze_every 0: at the first chance).
+    # collection counted here is pace_gc's own: young and middle together every 0.1 s,
+    # then a freeze of what survived (freeze_every 0: at the first chance).
     from arraycrypto.server import pace_gc
     from arraycrypto.server.tuning import YOUNG_EVERY
 
@@ -529,12 +529,12 @@ async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(pace_gc, 0.0)
-                while gc.get_freeze_count() == 0:
+                while gc.get_freeze_count() == 0 or gc.get_stats()[1]["collections"] < middle + 5:
                     await anyio.sleep(YOUNG_EVERY)
                 tg.cancel_scope.cancel()
-        # gen-1 collections count once in generation 1 (not 0): 9 young, 1 middle.
-        assert gc.get_stats()[0]["collections"] - young >= 9
-        assert gc.get_stats()[1]["collections"] - middle >= 1
+        # A collection of generation 1 counts there only: none was young alone.
+        assert gc.get_stats()[0]["collections"] == young
+        assert gc.get_stats()[1]["collections"] - middle >= 5
     finally:
         gc.unfreeze()
         gc.enable()

@@ -120,7 +120,7 @@ def watch_gc(metrics: Metrics) -> GcWatch:
 
 #: The collector policies ``arraycrypto serve --gc-policy`` can apply (for measuring).
 GC_POLICIES: Final = ("default", "raised", "frozen", "paced")
-#: The "paced" policy: a young collection this often, and every tenth a middle one.
+#: The "paced" policy: a young and middle collection this often.
 YOUNG_EVERY: Final = 0.1
 #: Seconds between two freezes of the long-lived heap under the "frozen" policy.
 FREEZE_EVERY: Final = 60.0
@@ -143,28 +143,27 @@ async def keep_frozen(every: float = FREEZE_EVERY) -> None:
 
 
 async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
-    """The "paced" policy: young collections by the clock, then freeze what survived.
+    """The "paced" policy: young and middle collections by the clock, then freeze.
 
     Every wake-up of a waiting connection (a pong, a read) replaces a few dozen
     long-lived objects (the task's future, the selector's key, the coroutine chain).
     The dying ones are old, and their deaths count against the young generation's
     allocation counter, so an automatic young collection comes late and finds 100 000
-    to 200 000 objects at 10 000 connections: 60-150 ms each (docs/reliability.md).
-    Collected every 0.1 s, the young generation stays a few thousand objects (about a
-    millisecond); every tenth collection includes the middle generation. Every
-    ``freeze_every`` seconds what survived is frozen, as in the "frozen" policy, so a
-    full collection scans only what is newer.
+    to 200 000 objects at 10 000 connections: 60-150 ms each (docs/benchmarks.md). So
+    every 0.1 s the young and middle generations are collected together: what
+    survived 0.1 s moves to the old generation after one scan, a few thousand objects
+    (a few milliseconds); middle collections once a second instead held a second's
+    survivors and took 50-160 ms. Every ``freeze_every`` seconds the old generation is
+    frozen, so no full collection scans the long-lived state of every connection.
     """
     import anyio
 
-    rounds = 0
     frozen_at = time.monotonic()
     while True:
         await anyio.sleep(YOUNG_EVERY)
-        rounds += 1
-        gc.collect(1 if rounds % 10 == 0 else 0)
+        gc.collect(1)
         now = time.monotonic()
-        if rounds % 10 == 0 and now - frozen_at >= freeze_every:
+        if now - frozen_at >= freeze_every:
             gc.freeze()
             frozen_at = now
 
