@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arraycrypto import DecryptionError, Key, Keyring, Snapshot, SnapshotError
+from arraycrypto import DecryptionError, ExpiredError, Key, Keyring, Snapshot, SnapshotError
 from arraycrypto.core.envelope import STEP as _STEP
+from arraycrypto.core.envelope2 import NowRequiredError
 from arraycrypto.core.keyring import CACHE_SIZE as _CACHE_SIZE
 
 SECRET = bytes(range(32))
@@ -306,3 +307,30 @@ def test_caches_hold_what_they_serve() -> None:
     assert len(ring._ciphers) == 8
     with pytest.raises(ValueError, match="cache_size"):
         Keyring(SECRET, cache_size=0)
+
+
+def test_expiring_messages_take_the_cached_path_and_stay_bounded() -> None:
+    # An envelope v2 single whose header decrypted before is opened from a cache keyed
+    # by its whole header (expiry included): no second verification, no rebuilding of
+    # the v1 header. Only headers that decrypted get in, as many as cache_size.
+    writer = Keyring(SECRET)
+    cipher = writer.cipher(snap(writer))
+    reader = Keyring(SECRET, cache_size=4)
+    expires = T0 + 60_000
+    first = cipher.encrypt(b"one", expires_at=expires)
+    assert reader.decrypt(first, now_ms=T0) == b"one"
+    assert list(reader._singles) == [first[:67]]  # 58-byte header, mode, expires_at
+    second = cipher.encrypt(b"two", b"ad", expires_at=expires)
+    assert reader.decrypt(second, b"ad", now_ms=T0) == b"two"  # from the cache
+    forged = bytearray(second)
+    forged[-1] ^= 1  # a cached header does not vouch for the rest
+    with pytest.raises(DecryptionError):
+        reader.decrypt(bytes(forged), b"ad", now_ms=T0)
+    with pytest.raises(ExpiredError):  # the time rules hold on the cached path too
+        reader.decrypt(second, b"ad", now_ms=expires + 60_001)
+    with pytest.raises(NowRequiredError):
+        reader.decrypt(second, b"ad")
+    for n in range(10):  # a new expiry, a new header
+        token = cipher.encrypt(b"m", expires_at=expires + n)
+        assert reader.decrypt(token, now_ms=T0) == b"m"
+    assert len(reader._singles) == 4

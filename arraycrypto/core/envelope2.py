@@ -240,6 +240,7 @@ def decrypt_v2(
     if not cached:
         keyring.decrypted(v1_header, cipher)
     expires_at = int.from_bytes(header[end + 1 :])
+    keyring.decrypted_single(header, cipher, aead, expires_at)
     timestamp = cipher.snapshot.timestamp
     if now_ms is not None and ttl is None:  # the usual case, inlined
         drift_ms = max_drift * 1000

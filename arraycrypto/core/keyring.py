@@ -9,9 +9,10 @@ import contextlib
 from typing import Final, NoReturn
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .envelope import SnapshotCipher
-from .envelope2 import NowRequiredError, decrypt_v2
+from .envelope2 import NowRequiredError, check_time, decrypt_v2
 from .exceptions import DecryptionError, SnapshotError
 from .keys import (
     ENVELOPE_V2,
@@ -49,7 +50,7 @@ class Keyring:
     needed is inside the envelope.
     """
 
-    __slots__ = ("_by_id", "_cache_size", "_ciphers", "_ranks", "primary")
+    __slots__ = ("_by_id", "_cache_size", "_ciphers", "_ranks", "_singles", "primary")
 
     def __init__(
         self,
@@ -77,6 +78,10 @@ class Keyring:
             raise ValueError("cache_size must be at least 1")
         self._cache_size = cache_size
         self._ciphers: dict[bytes, SnapshotCipher] = {}
+        # The same for envelope v2 single headers (expiry included), bounded alike: the
+        # cipher, its single-shot AEAD and the expiry, so an expiring message costs the
+        # same dict hit as a v1 one (docs/benchmarks.md: an expiry field's cost).
+        self._singles: dict[bytes, tuple[SnapshotCipher, AESGCM, int]] = {}
 
     def _add(self, secret: bytes) -> Key:
         key = Key(secret)
@@ -204,8 +209,27 @@ class Keyring:
             cipher = self._ciphers.get(header)
             new = cipher is None
             if cipher is None:
-                if data[0] == ENVELOPE_V2:  # off the v1 hot path: v2 headers miss the cache
-                    return decrypt_v2(self, data, associated_data, ttl, now_ms, max_drift, chunked)
+                if data[0] == ENVELOPE_V2:  # v2 headers miss the v1 cache
+                    hend = end + 9  # the single-shot header ends after mode and expires_at
+                    header = data[:hend]
+                    single = self._singles.get(header)
+                    if single is None or now_ms is None or len(data) > 4096:
+                        return decrypt_v2(
+                            self, data, associated_data, ttl, now_ms, max_drift, chunked
+                        )
+                    # A header that decrypted before, a small message: as lean as v1.
+                    cipher, aead, expires_at = single
+                    aad = header + associated_data if associated_data else header
+                    plaintext = aead.decrypt(data[hend : hend + 12], data[hend + 12 :], aad)
+                    stamp = cipher.snapshot.timestamp
+                    drift_ms = max_drift * 1000
+                    if (
+                        ttl is not None
+                        or stamp - now_ms > drift_ms
+                        or now_ms - expires_at > drift_ms
+                    ):
+                        check_time(stamp, expires_at, now_ms, ttl, max_drift)
+                    return plaintext
                 cipher = self._header_cipher(header)
             aad = header + associated_data if associated_data else header
             if len(data) > 4096:
@@ -249,6 +273,18 @@ class Keyring:
         """Cache ``cipher`` for ``header``: a ciphertext under it just decrypted."""
         if header not in self._ciphers:
             self._store(header, cipher)
+
+    def decrypted_single(
+        self, header: bytes, cipher: SnapshotCipher, aead: AESGCM, expires_at: int
+    ) -> None:
+        """Cache an envelope v2 single ``header`` (whole): a ciphertext under it decrypted."""
+        singles = self._singles
+        if header in singles:
+            return
+        if len(singles) >= self._cache_size:
+            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+                del singles[next(iter(singles))]  # oldest first, as _store
+        singles[header] = (cipher, aead, expires_at)
 
     def stream_decryptor(
         self,
