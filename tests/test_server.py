@@ -520,9 +520,10 @@ async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None
     # collection counted here is pace_gc's own: young and middle together every 0.1 s,
     # then a freeze of what survived (freeze_every 0: at the first chance).
     from arraycrypto.server import pace_gc
-    from arraycrypto.server.tuning import YOUNG_EVERY
+    from arraycrypto.server.tuning import NO_FULL_COLLECTIONS, YOUNG_EVERY
 
     young, middle = (gc.get_stats()[g]["collections"] for g in (0, 1))
+    thresholds = gc.get_threshold()
     gc.disable()
     gc.unfreeze()
     try:
@@ -535,7 +536,11 @@ async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None
         # A collection of generation 1 counts there only: none was young alone.
         assert gc.get_stats()[0]["collections"] == young
         assert gc.get_stats()[1]["collections"] - middle >= 5
+        # Ten middle collections a second must not bring on automatic full ones.
+        assert gc.get_threshold()[2] >= NO_FULL_COLLECTIONS
+        assert gc.get_threshold()[:2] == thresholds[:2]
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
         gc.enable()
 
