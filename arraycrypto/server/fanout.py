@@ -270,15 +270,20 @@ class Fanout:
             interval = self._config.ping_interval  # read each round: a reload applies
             timeout = self._config.ping_timeout
             await anyio.sleep(min(interval, timeout) / _PING_SLOTS)
-            now = time.monotonic()
-            for sub in list(self.subscribers):
-                if sub.ping_slot != slot:
-                    continue
-                try:
-                    self._ping(sub, now, interval, timeout)
-                except Exception:
-                    self._failed(sub, "pinger")
+            self._ping_round(slot, time.monotonic(), interval, timeout)
             slot = (slot + 1) % _PING_SLOTS
+
+    def _ping_round(self, slot: int, now: float, interval: float, timeout: float) -> None:
+        # A method of its own, not inline in the loop above: a loop variable outlives its
+        # loop, and in the pinger's frame it kept the last client looked at (connection,
+        # streams) alive for a whole round after that client had gone.
+        for sub in list(self.subscribers):
+            if sub.ping_slot != slot:
+                continue
+            try:
+                self._ping(sub, now, interval, timeout)
+            except Exception:
+                self._failed(sub, "pinger")
 
     def _ping(self, sub: Subscriber, now: float, interval: float, timeout: float) -> None:
         verdict = sub.conn.ping_verdict(now, interval, timeout)
