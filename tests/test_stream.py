@@ -266,6 +266,9 @@ def test_encrypt_with_expiry_makes_a_v2_single_and_v1_stays_the_default() -> Non
 
 @pytest.mark.parametrize("bad", [0, -1, 2**53, 1.5e12, True])
 def test_expires_at_is_range_checked(bad: object) -> None:
+    fresh = RING.cipher(RING.new_snapshot(6, bytes(range(16)), T0))  # no expiry seen yet
+    with pytest.raises(ValueError, match="expires_at"):
+        fresh.encrypt(b"x", expires_at=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expires_at"):
         CIPHER.encrypt(b"x", expires_at=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expires_at"):

@@ -106,7 +106,9 @@ class SnapshotCipher:
         self._stream_key = b""
         # the single-shot v2 header up to expires_at: v1 header, version 2, mode 1
         self._v2_single = bytes([ENVELOPE_V2]) + self._header[1:] + _V2_SINGLE
-        self._last_v2: tuple[int, bytes] = (0, b"")  # (expires_at, its header); 0: none yet
+        # (expires_at, its header); None: none yet. Not 0: a first expires_at=0 would
+        # then match it, skip the range check and seal under an empty header.
+        self._last_v2: tuple[int | None, bytes] = (None, b"")
 
     def __repr__(self) -> str:
         return f"SnapshotCipher(key_id={self.snapshot.key_id.hex()}, tick={self.snapshot.tick})"
