@@ -6,7 +6,7 @@ Pure: no I/O, no clock (``now_ms`` is passed in).
 from __future__ import annotations
 
 import contextlib
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -27,6 +27,8 @@ from .keys import (
 from .stream import StreamDecryptor
 
 __all__ = ["CACHE_SIZE", "Keyring"]
+
+_V = TypeVar("_V")
 
 #: Ciphers decryption remembers by default: the snapshots of the most recent
 #: ciphertexts decrypted (one entry per snapshot, about 4 KiB each with its AES context,
@@ -157,12 +159,7 @@ class Keyring:
         return cipher
 
     def _store(self, header: bytes, cipher: SnapshotCipher) -> None:
-        if len(self._ciphers) >= self._cache_size:
-            # Threads (SyncCryptoClient) may evict at the same moment: losing that race
-            # only means the cache holds an entry or two more for a while.
-            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
-                del self._ciphers[next(iter(self._ciphers))]
-        self._ciphers[header] = cipher
+        _bounded_put(self._ciphers, header, cipher, self._cache_size)
 
     def encrypt(
         self,
@@ -278,13 +275,8 @@ class Keyring:
         self, header: bytes, cipher: SnapshotCipher, aead: AESGCM, expires_at: int
     ) -> None:
         """Cache an envelope v2 single ``header`` (whole): a ciphertext under it decrypted."""
-        singles = self._singles
-        if header in singles:
-            return
-        if len(singles) >= self._cache_size:
-            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
-                del singles[next(iter(singles))]  # oldest first, as _store
-        singles[header] = (cipher, aead, expires_at)
+        if header not in self._singles:
+            _bounded_put(self._singles, header, (cipher, aead, expires_at), self._cache_size)
 
     def stream_decryptor(
         self,
@@ -312,3 +304,13 @@ class Keyring:
         if key is None:
             raise DecryptionError
         return SnapshotCipher(snapshot, key.data_key(snapshot), key)
+
+
+def _bounded_put(cache: dict[bytes, _V], key: bytes, value: _V, size: int) -> None:
+    """Put ``key`` in a cache of at most ``size`` entries, evicting the oldest first."""
+    if len(cache) >= size:
+        # Threads (SyncCryptoClient) may evict at the same moment: losing that race
+        # only means the cache holds an entry or two more for a while.
+        with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+            del cache[next(iter(cache))]
+    cache[key] = value
