@@ -116,6 +116,9 @@ class Metrics:
         self.dropped_clients_total: dict[tuple[str, ...], int] = {}
         self.http_requests_total: dict[tuple[str, ...], int] = {}
         self.gc_collections_total: dict[tuple[str, ...], int] = {}
+        #: How late the loop woke its sleepers lately (the ticker and the lag watcher
+        #: record here): the ``event_loop_lag_seconds_max`` gauge.
+        self.loop_lag = WindowMax()
         #: Gauges read at render time from the room that owns them; a metric with no
         #: gauge and no attribute is left out of the exposition.
         self.gauges: dict[str, Callable[[], float]] = {}

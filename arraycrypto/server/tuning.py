@@ -23,6 +23,7 @@ __all__ = [
     "GcWatch",
     "keep_frozen",
     "pace_gc",
+    "paced_period",
     "raise_fd_limit",
     "tune_gc",
     "tune_process",
@@ -120,8 +121,13 @@ def watch_gc(metrics: Metrics) -> GcWatch:
 
 #: The collector policies ``arraycrypto serve --gc-policy`` can apply (for measuring).
 GC_POLICIES: Final = ("default", "raised", "frozen", "paced")
-#: The "paced" policy: a young and middle collection this often.
+#: The "paced" policy: a young and middle collection at most this often...
 YOUNG_EVERY: Final = 0.1
+#: ... and at least this often (a quiet server: each wake-up costs CPU too).
+YOUNG_EVERY_MAX: Final = 1.0
+#: The pause a paced collection is kept near: the period halves after a longer one,
+#: and grows by half after one under a quarter of it.
+PACED_PAUSE: Final = 0.005
 #: The old generation's threshold under the "paced" policy: out of reach of its
 #: ten middle collections a second (a day and more).
 NO_FULL_COLLECTIONS: Final = 1_000_000
@@ -145,6 +151,20 @@ async def keep_frozen(every: float = FREEZE_EVERY) -> None:
         gc.freeze()
 
 
+def paced_period(period: float, pause: float) -> float:
+    """The next period of :func:`pace_gc`, after a collection that took ``pause`` seconds.
+
+    A collection's pause grows with what survived since the last one, so with the
+    period: halving it after a slow one brings the next near the target at once, and
+    it grows back only while collections stay well under it, so it does not swing.
+    """
+    if pause > PACED_PAUSE:
+        return max(YOUNG_EVERY, period / 2)
+    if pause < PACED_PAUSE / 4:
+        return min(YOUNG_EVERY_MAX, period * 1.5)
+    return period
+
+
 async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
     """The "paced" policy: young and middle collections by the clock, then freeze.
 
@@ -156,7 +176,9 @@ async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
     every 0.1 s the young and middle generations are collected together: what
     survived 0.1 s moves to the old generation after one scan, a few thousand objects
     (a few milliseconds); middle collections once a second instead held a second's
-    survivors and took 50-160 ms. Every ``freeze_every`` seconds the old generation is
+    survivors and took 50-160 ms. A server that is small or quiet has few survivors:
+    there the period stretches up to a second (:func:`paced_period`), since every
+    wake-up costs CPU too. Every ``freeze_every`` seconds the old generation is
     frozen, so no full collection scans the long-lived state of every connection.
 
     Ten middle collections a second would also run the old generation's counter up
@@ -173,9 +195,12 @@ async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
     if young:  # automatic collection switched off by the application: leave it so
         gc.set_threshold(young, middle, max(old, NO_FULL_COLLECTIONS))
     frozen_at = time.monotonic()
+    period = YOUNG_EVERY
     while True:
-        await anyio.sleep(YOUNG_EVERY)
+        await anyio.sleep(period)
+        started = time.perf_counter()
         gc.collect(1)
+        period = paced_period(period, time.perf_counter() - started)
         now = time.monotonic()
         if now - frozen_at >= freeze_every:
             gc.freeze()
