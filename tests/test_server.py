@@ -548,7 +548,7 @@ async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None
 def test_the_paced_period_follows_the_pause() -> None:
     # Every wake-up of an idle process costs (about 0.2 ms of CPU on a cloud VM, where
     # ten a second were a fifth of a 1 000-client server's CPU per tick): a quick
-    # collection (a small or quiet server) stretches the period up to a second; a slow
+    # collection (a small or quiet server) stretches the period up to 0.5 s; a slow
     # one (many connections churning) halves it, down to 0.1 s; in between it holds.
     from arraycrypto.server.tuning import (
         PACED_PAUSE,

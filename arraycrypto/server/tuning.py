@@ -124,7 +124,7 @@ GC_POLICIES: Final = ("default", "raised", "frozen", "paced")
 #: The "paced" policy: a young and middle collection at most this often...
 YOUNG_EVERY: Final = 0.1
 #: ... and at least this often (a quiet server: each wake-up costs CPU too).
-YOUNG_EVERY_MAX: Final = 1.0
+YOUNG_EVERY_MAX: Final = 0.5
 #: The pause a paced collection is kept near: the period halves after a longer one,
 #: and grows by half after one under a quarter of it.
 PACED_PAUSE: Final = 0.005
@@ -177,7 +177,7 @@ async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
     survived 0.1 s moves to the old generation after one scan, a few thousand objects
     (a few milliseconds); middle collections once a second instead held a second's
     survivors and took 50-160 ms. A server that is small or quiet has few survivors:
-    there the period stretches up to a second (:func:`paced_period`), since every
+    there the period stretches up to 0.5 s (:func:`paced_period`), since every
     wake-up costs CPU too. Every ``freeze_every`` seconds the old generation is
     frozen, so no full collection scans the long-lived state of every connection.
 
