@@ -14,9 +14,6 @@ from .core.armor import armor as armor
 from .core.armor import dearmor as dearmor
 from .core.config import CryptoConfig as CryptoConfig
 from .core.config import ServerConfig as ServerConfig
-from .core.config import load_client_config as load_client_config
-from .core.config import load_server_config as load_server_config
-from .core.config import save_config as save_config
 from .core.envelope import SnapshotCipher as SnapshotCipher
 from .core.envelope2 import NowRequiredError as NowRequiredError
 from .core.exceptions import ArmorError as ArmorError
@@ -32,6 +29,9 @@ from .core.keyring import Keyring as Keyring
 from .core.keys import Key as Key
 from .core.keys import Snapshot as Snapshot
 from .core.keys import generate_secret as generate_secret
+from .core.loading import load_client_config as load_client_config
+from .core.loading import load_server_config as load_server_config
+from .core.loading import save_config as save_config
 from .core.peek import EnvelopeInfo as EnvelopeInfo
 from .core.peek import peek as peek
 from .core.stream import StreamDecryptor as StreamDecryptor

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from arraycrypto import ConfigError, ServerConfig
-from arraycrypto.core.config import load_server_config
+from arraycrypto.core.loading import load_server_config
 
 from .harness.constants import SECRET
 from .harness.peers import RawClient

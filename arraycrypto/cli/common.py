@@ -6,9 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-from ..core.config import load_client_config
+import msgspec
+
+from ..core.config import ServerConfig
 from ..core.exceptions import ConfigError, CryptoError
+from ..core.loading import load_client_config, load_server_config
 from ..net.logs import JsonFormatter
 
 __all__ = [
@@ -16,6 +20,7 @@ __all__ = [
     "apply_log_level",
     "client_main",
     "fail",
+    "load_server",
     "quiet_exit_on_closed_stdout",
     "require_backend",
     "setup_logging",
@@ -25,6 +30,18 @@ logger = logging.getLogger("arraycrypto")
 
 #: What to install for each optional event loop.
 _BACKEND_MODULES = {"trio": ("trio", "trio"), "uvloop": ("uvloop", "uvloop")}
+
+
+def load_server(args: argparse.Namespace, *, create: bool = True) -> ServerConfig:
+    """``serve``'s config: the file with the command line's overrides (the same at every reload).
+
+    Shared by a single server and the supervisor of ``--workers``.
+    """
+    config = load_server_config(Path(args.config), create=create, env=os.environ)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
+    return config
 
 
 class CommandError(Exception):

@@ -24,16 +24,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import msgspec
 
-from ..core.config import ServerConfig, load_server_config
 from ..core.exceptions import ConfigError
-from .common import CommandError, apply_log_level, require_backend, setup_logging
+from .common import CommandError, apply_log_level, load_server, require_backend, setup_logging
 
 if TYPE_CHECKING:
     from ..server import Server
 
-__all__ = ["load", "run_serve"]
+__all__ = ["run_serve"]
 
 logger = logging.getLogger("arraycrypto")
 
@@ -42,15 +40,6 @@ def _backend(name: str) -> tuple[str, dict[str, object]]:
     if name == "uvloop":
         return "asyncio", {"use_uvloop": True}
     return name, {}
-
-
-def load(args: argparse.Namespace, *, create: bool = True) -> ServerConfig:
-    """The config file with the command line's overrides (the same at every reload)."""
-    config = load_server_config(Path(args.config), create=create, env=os.environ)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if overrides:
-        config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
-    return config
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -69,7 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
     path = Path(args.config)
     existed = path.exists()
     try:
-        config = load(args)
+        config = load_server(args)
         server = Server(config, worker=args.worker, metrics_dir=args.metrics_dir)
     except ConfigError as exc:
         raise CommandError(str(exc), code=2) from None
@@ -193,7 +182,7 @@ async def _drain_then_stop(server: Server, seconds: float, tg: anyio.abc.TaskGro
 def _reload(server: Server, args: argparse.Namespace) -> None:
     """Re-read the config file; on any error keep the running config, in one line."""
     try:
-        config = load(args, create=False)
+        config = load_server(args, create=False)
         server.reload(config)
     except ConfigError as exc:
         logger.error("reload failed, keeping the running config: %s", exc)

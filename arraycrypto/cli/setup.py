@@ -7,9 +7,10 @@ import base64
 import os
 import sys
 
-from ..core.config import CryptoConfig, load_server_config, save_config, server_url_for
+from ..core.config import CryptoConfig, server_url_for
 from ..core.exceptions import ConfigError
 from ..core.keys import generate_secret
+from ..core.loading import load_server_config, save_config
 from .common import CommandError, setup_logging
 
 __all__ = ["run_client_config", "run_keygen"]

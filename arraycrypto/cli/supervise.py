@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 
 from ..core.exceptions import ConfigError
-from .common import CommandError, require_backend, setup_logging
+from .common import CommandError, load_server, require_backend, setup_logging
 
 __all__ = ["supervise", "worker_count"]
 
@@ -62,13 +62,11 @@ def worker_count(value: str) -> int:
 
 def supervise(args: argparse.Namespace) -> int:
     """Run ``--workers`` workers until a signal stops them; 0 on a clean stop."""
-    from .serve import load
-
     setup_logging(args.log_level, json_format=args.log_format == "json")
     require_backend(args.backend)
     try:
         count = worker_count(args.workers)
-        config = load(args)  # creates the file once, before any worker could race to
+        config = load_server(args)  # creates the file once, before any worker could race to
     except ConfigError as exc:
         raise CommandError(str(exc), code=2) from None
     # Reserve the port (and learn it, for port 0): a socket in the same SO_REUSEPORT

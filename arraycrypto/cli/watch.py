@@ -14,8 +14,9 @@ import sys
 import anyio
 
 from ..core import messages as m
-from ..core.config import CryptoConfig, load_client_config
+from ..core.config import CryptoConfig
 from ..core.exceptions import CryptoError
+from ..core.loading import load_client_config
 
 __all__ = ["run_watch"]
 
