@@ -3,18 +3,16 @@
 :class:`CryptoClient` keeps **one** connection in a background task
 (:class:`~arraycrypto.client.connector.Connector`); every pushed snapshot is checked by
 the core's :class:`~arraycrypto.core.handshake.SnapshotPolicy` and cached. Encryption
-uses the cached snapshot with no network I/O; decryption never needs the server. Runs
-unchanged under asyncio and trio.
+uses the cached snapshot with no network I/O; decryption never needs the server. What
+the client knows of its connection (state, errors, waiters, watchers) is
+:class:`~arraycrypto.client.status.ClientStatus`. Runs unchanged under asyncio and trio.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self
@@ -24,33 +22,24 @@ import anyio.abc
 import anyio.to_thread
 
 from ..core.client_connection import SnapshotAccepted
-from ..core.config import CryptoConfig, load_client_config
+from ..core.config import CryptoConfig
 from ..core.envelope import SnapshotCipher
-from ..core.exceptions import AuthenticationError, CryptoError, SnapshotError
+from ..core.exceptions import CryptoError, SnapshotError
 from ..core.handshake import SnapshotPolicy
 from ..core.keyring import Keyring
 from ..core.keys import Snapshot
-from ..net.logs import RateLimitedLog
+from ..core.loading import load_client_config
 from ..streaming import decrypt_stream, encrypt_stream, expires_at_ms
 from .connector import Connector
+from .status import ClientStatus, ConnectionState, SnapshotWatch
 
-__all__ = ["ConnectionState", "CryptoClient", "SnapshotWatch"]
+__all__ = ["CryptoClient"]
 
 logger = logging.getLogger("arraycrypto.client")
 
 #: Payloads at least this large are encrypted/decrypted in a worker thread, in 1 MiB
 #: steps, so the event loop is not blocked for the milliseconds AES-GCM takes on them.
 OFFLOAD_SIZE: Final = 1 << 20
-
-
-class ConnectionState(enum.Enum):
-    """Where the background connection is."""
-
-    IDLE = "idle"  # not started (outside ``async with``)
-    CONNECTING = "connecting"
-    CONNECTED = "connected"  # authenticated, receiving snapshots
-    DISCONNECTED = "disconnected"  # waiting to reconnect
-    CLOSED = "closed"
 
 
 def _load(config: CryptoConfig | str | os.PathLike[str]) -> CryptoConfig:
@@ -62,34 +51,6 @@ def _load(config: CryptoConfig | str | os.PathLike[str]) -> CryptoConfig:
 
 def _no_cipher(data: bytes | str, associated_data: bytes) -> bytes:
     raise SnapshotError("no snapshot from the server yet")  # unreachable: _expires is 0
-
-
-class SnapshotWatch:
-    """Async iterator over the snapshots a client accepts; see :meth:`CryptoClient.watch`."""
-
-    def __init__(self, *, closed: bool = False, size: int = 16) -> None:
-        self._queue: deque[Snapshot] = deque(maxlen=size)
-        self._event = anyio.Event()
-        self._closed = closed
-
-    def _push(self, snapshot: Snapshot) -> None:
-        self._queue.append(snapshot)  # maxlen: the oldest falls out
-        self._event.set()
-
-    def _close(self) -> None:
-        self._closed = True
-        self._event.set()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Snapshot:
-        while not self._queue:
-            if self._closed:
-                raise StopAsyncIteration
-            await self._event.wait()
-            self._event = anyio.Event()
-        return self._queue.popleft()
 
 
 class CryptoClient:
@@ -121,41 +82,28 @@ class CryptoClient:
         self._policy = SnapshotPolicy(
             self.keyring, max_drift=self.config.max_drift, min_signature_size=self.config.hash_size
         )
-        self._connector = Connector(self.config, self._policy, self, clock)
-        self._cipher: SnapshotCipher | None = None
         # The hot path reads only these two: the cached snapshot's bound encrypt, and
         # the wall-clock second after which it may no longer encrypt (0: no snapshot),
         # both from the policy when the snapshot was accepted.
         self._encrypt: Callable[[bytes | str, bytes], bytes] = _no_cipher
         self._expires = 0.0
-        self._state = ConnectionState.IDLE
-        self._changed = anyio.Event()
-        self._auth_error: AuthenticationError | None = None
-        self._lost_at: float | None = None  # monotonic time the connection was lost
-        self._outage_told = False  # the current outage was logged (once is enough)
-        self._failure: str | None = None  # why the last connection attempt ended
-        self._rejected: str | None = None  # why the last rejected snapshot was rejected
-        # Weak: an abandoned iterator (a `break` out of `async for`) just goes away.
-        self._watchers: weakref.WeakSet[SnapshotWatch] = weakref.WeakSet()
-        # One refused frame after another (a replay, a server's clock far off) would
-        # otherwise write a warning per frame.
-        self._warnings = RateLimitedLog(logger)
+        self._status = ClientStatus(self._install)
+        self._connector = Connector(self.config, self._policy, self._status, clock)
         self._tg: anyio.abc.TaskGroup | None = None
-        self.server_url: str | None = None  # the URL currently connected to
-        self.session_id: str | None = None
 
     def __repr__(self) -> str:
-        tick = self._cipher.snapshot.tick if self._cipher else None
-        return f"CryptoClient(state={self._state.value}, server={self.server_url}, tick={tick})"
+        cipher = self._status.cipher
+        tick = cipher.snapshot.tick if cipher else None
+        return f"CryptoClient(state={self.state.value}, server={self.server_url}, tick={tick})"
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._state is not ConnectionState.IDLE:
+        if self.state is not ConnectionState.IDLE:
             raise CryptoError("a CryptoClient can be entered only once")
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._set_state(ConnectionState.CONNECTING)
+        self._status.set_state(ConnectionState.CONNECTING)
         self._tg.start_soon(self._connector.run, name="arraycrypto client connection")
         return self
 
@@ -174,11 +122,9 @@ class CryptoClient:
 
     async def close(self) -> None:
         """Stop the background connection (politely, close code 1000). Idempotent."""
-        if self._state is ConnectionState.CLOSED:
+        if self.closed:
             return
-        self._set_state(ConnectionState.CLOSED)
-        for watch in list(self._watchers):
-            watch._close()
+        self._status.close()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
@@ -187,12 +133,12 @@ class CryptoClient:
     @property
     def state(self) -> ConnectionState:
         """The state of the background connection."""
-        return self._state
+        return self._status.state
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._state is ConnectionState.CLOSED
+        return self._status.closed
 
     @property
     def last_error(self) -> str | None:
@@ -200,28 +146,23 @@ class CryptoClient:
 
         None once a snapshot has been accepted since.
         """
-        if self._rejected is not None:
-            return f"snapshot rejected: {self._rejected}"
-        if self._auth_error is not None:
-            return str(self._auth_error)
-        return self._failure
+        return self._status.last_error
 
     @property
     def snapshot(self) -> Snapshot | None:
         """The latest verified snapshot, or None before the first one."""
-        return self._cipher.snapshot if self._cipher else None
+        cipher = self._status.cipher
+        return cipher.snapshot if cipher else None
 
-    def _set_state(self, state: ConnectionState) -> None:
-        if state is ConnectionState.CONNECTED:
-            self._lost_at = None
-        elif self._lost_at is None and self._state is ConnectionState.CONNECTED:
-            self._lost_at = time.monotonic()
-        self._state = state
-        self._notify()
+    @property
+    def server_url(self) -> str | None:
+        """The URL currently connected to, if any."""
+        return self._status.server_url
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+    @property
+    def session_id(self) -> str | None:
+        """The current (or last) connection's session id, from its handshake."""
+        return self._status.session_id
 
     def reload(self, config: CryptoConfig | str | os.PathLike[str]) -> None:
         """Use a new configuration from now on, without a restart.
@@ -243,19 +184,19 @@ class CryptoClient:
         self.config = new
         self.keyring = keyring
         self._connector.reload(new)
-        cipher = self._cipher
+        cipher = self._status.cipher
         if cipher is not None and keyring.trust_rank(cipher.snapshot.key_id) is None:
             logger.warning(
                 "reloaded: key id %s is no longer trusted to sign; reconnecting",
                 cipher.snapshot.key_id.hex(),
             )
-            self._cipher = None
+            self._status.cipher = None
             self._encrypt = _no_cipher
             self._expires = 0.0
             self._connector.restart()
         elif cipher is not None:
             self._expires = self._policy.expires_at(cipher.snapshot)
-        self._notify()
+        self._status.notify()
 
     # -- the public API ------------------------------------------------------------------
 
@@ -284,8 +225,10 @@ class CryptoClient:
             raise self._no_snapshot()
         if expires_in is None:
             return self._encrypt(data, associated_data)
-        assert self._cipher is not None
-        return self._cipher.encrypt(data, associated_data, expires_at=self._expiry(expires_in))
+        assert self._status.cipher is not None
+        return self._status.cipher.encrypt(
+            data, associated_data, expires_at=self._expiry(expires_in)
+        )
 
     def _expiry(self, expires_in: float) -> int | None:
         return expires_at_ms(expires_in, clock=self._clock)
@@ -410,117 +353,28 @@ class CryptoClient:
         watcher more than 16 snapshots behind loses the oldest ones, never slows the
         client down.
         """
-        watch = SnapshotWatch(closed=self.closed)
-        self._watchers.add(watch)
-        return watch
+        return self._status.watch()
 
     # -- waiting -------------------------------------------------------------------------
 
     def _no_snapshot(self) -> CryptoError:
-        if self._state is ConnectionState.IDLE:
-            return CryptoError("use `async with CryptoClient(...)` to connect first")
-        if self._auth_error is not None and self._cipher is None:
-            return AuthenticationError(str(self._auth_error))  # fresh: no traceback pile-up
-        # Say why, so an operator can tell a dead server from a clock or config problem.
-        why = []
-        if self._rejected is not None:
-            why.append(f"last snapshot rejected: {self._rejected}")
-        if self._failure is not None and self._state is not ConnectionState.CONNECTED:
-            why.append(f"last connection error: {self._failure}")
-        detail = f" ({'; '.join(why)})" if why else ""
-        if self._cipher is None:
-            return SnapshotError(f"no snapshot from the server yet{detail}")
-        age = (self._clock() * 1000 - self._cipher.snapshot.timestamp) / 1000
-        if self._lost_at is None:
-            down = "connected, but no fresh snapshot accepted"
-        else:
-            down = f"server unreachable for {time.monotonic() - self._lost_at:.1f} s"
-        return SnapshotError(
-            f"expired snapshot: {age:.1f} s old (max_drift {self.config.max_drift} s);"
-            f" {down}{detail}"
-        )
+        return self._status.explain(self._clock(), self.config.max_drift)
 
     def _fresh(self) -> SnapshotCipher | None:
         """The cached cipher if it may still encrypt (the policy's expiry), else None."""
-        cipher = self._cipher
+        cipher = self._status.cipher
         return cipher if cipher is not None and self._clock() <= self._expires else None
 
     async def _wait_cipher(self, *, across_attempts: bool) -> SnapshotCipher:
-        """Wait (at most ``snapshot_timeout``) for a fresh snapshot.
-
-        ``across_attempts``: go on waiting through failed attempts and backoff (what
-        :meth:`authenticate` promises); otherwise stop as soon as no attempt is in
-        progress, since nothing will bring a snapshot before the next one.
-        """
-        with anyio.move_on_after(self.config.snapshot_timeout):
-            while True:
-                cipher = self._fresh()
-                if cipher is not None:
-                    return cipher
-                if self._state in (ConnectionState.IDLE, ConnectionState.CLOSED):
-                    break
-                if self._auth_error is not None and self._cipher is None:
-                    raise AuthenticationError(str(self._auth_error))
-                if not across_attempts and self._state is ConnectionState.DISCONNECTED:
-                    break
-                await self._changed.wait()
-        raise self._no_snapshot()
-
-    # -- what the connection reports (connector.Sink) ---------------------------------
-
-    def connecting(self) -> None:
-        """Sink: an attempt starts."""
-        if not self.closed:
-            self._set_state(ConnectionState.CONNECTING)
-
-    def connected(self, url: str, session_id: str) -> None:
-        """Sink: the server at ``url`` proved it holds the secret."""
-        # State changes are logged, once each: connected, lost, reconnected. The
-        # attempts in between are not (they are debug lines of the connector).
-        if self._lost_at is not None:
-            logger.info("reconnected to %s after %.1f s", url, time.monotonic() - self._lost_at)
-        else:
-            logger.info("connected to %s", url)
-        self._outage_told = False
-        self._auth_error = None
-        self.server_url = url
-        self.session_id = session_id
-        self._set_state(ConnectionState.CONNECTED)
-
-    def accepted(self, event: SnapshotAccepted) -> None:
-        """Sink: a snapshot passed every check; install its cipher for the hot path."""
-        cipher = event.cipher
-        self._cipher = cipher
-        self._encrypt = cipher.v1_encryptor()
-        self._expires = event.expires_at
-        self._rejected = None
-        self._failure = None
-        self._notify()
-        for watch in list(self._watchers):
-            watch._push(cipher.snapshot)
-
-    def rejected(self, reason: str) -> None:
-        """Sink: a snapshot was dropped (warned about at most once per 10 s per reason)."""
-        self._rejected = reason
-        self._warnings.log(
-            logging.WARNING, reason, "%s: refused a snapshot: %s", self.server_url, reason
+        """Wait (at most ``snapshot_timeout``) for a fresh snapshot; see ClientStatus.wait."""
+        cipher = await self._status.wait(
+            self._fresh, self.config.snapshot_timeout, across_attempts=across_attempts
         )
+        if cipher is None:
+            raise self._no_snapshot()
+        return cipher
 
-    def disconnected(self, url: str, error: BaseException | None) -> None:
-        """Sink: the attempt at ``url`` ended."""
-        self.server_url = None
-        if isinstance(error, AuthenticationError):
-            self._auth_error = error  # the connector logs it, as an error
-        elif error is not None:
-            self._failure = f"{url}: {error or type(error).__name__}"
-        if self.closed:
-            return
-        reason = str(error) if error is not None else "closed by the server"
-        if self._state is ConnectionState.CONNECTED:
-            logger.warning("lost connection to %s: %s; reconnecting", url, reason)
-            self._outage_told = True
-        elif not self._outage_told and not isinstance(error, AuthenticationError):
-            # Once per outage: the retries that follow say nothing until one succeeds.
-            logger.warning("cannot connect to %s: %s; retrying", url, reason)
-            self._outage_told = True
-        self._set_state(ConnectionState.DISCONNECTED)
+    def _install(self, event: SnapshotAccepted) -> None:
+        """A snapshot was accepted: its cipher serves the hot path from now on."""
+        self._encrypt = event.cipher.v1_encryptor()
+        self._expires = event.expires_at
