@@ -139,3 +139,43 @@ def test_rooms_import_only_downward(room: str) -> None:
             ):
                 target = (node.module or "").split(".")[1]
                 assert target in LAYERS[room], f"{room}/{path.name} imports {node.module}"
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """The package's modules that ``module`` (at ``path``) imports, TYPE_CHECKING too."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            found.update([target, *(f"{target}.{alias.name}" for alias in node.names)])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_import_circles() -> None:
+    # Every arrow between two modules runs one way (a room's layout reads top-down);
+    # circles once ran between the envelopes, the keyring and streams, and between
+    # `serve` and its supervisor.
+    modules: dict[str, Path] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    arrows = {m: (_imports(p, m) & modules.keys()) - {m} for m, p in modules.items()}
+    # A package importing its own children (re-exports) is no circle: drop those arrows.
+    arrows = {m: {t for t in to if not t.startswith(m + ".")} for m, to in arrows.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            raise AssertionError(" -> ".join([*path[path.index(module) :], module]))
+        if module in done:
+            return
+        for target in sorted(arrows[module]):
+            visit(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(arrows):
+        visit(module, [])

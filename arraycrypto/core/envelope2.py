@@ -11,11 +11,11 @@ Pure: no I/O, no clock (``now_ms`` is passed in).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import msgspec
 
-from .exceptions import DecryptionError, ExpiredError, SnapshotError
+from .exceptions import ExpiredError, SnapshotError
 from .isotime import iso8601_utc
 from .keys import (
     ENVELOPE_V2,
@@ -25,9 +25,6 @@ from .keys import (
     Snapshot,
     unpack_snapshot_body,
 )
-
-if TYPE_CHECKING:
-    from .keyring import Keyring
 
 __all__ = [
     "DEFAULT_SEGMENT_SHIFT",
@@ -41,7 +38,6 @@ __all__ = [
     "NowRequiredError",
     "check_expires_at",
     "check_time",
-    "decrypt_v2",
     "header_length",
     "parse_header",
 ]
@@ -193,58 +189,3 @@ def check_time(
         raise SnapshotError("ciphertext is older than its ttl")
     if expires_at and now_ms - expires_at > drift_ms:
         raise ExpiredError(expires_at)
-
-
-def decrypt_v2(
-    keyring: Keyring,
-    data: bytes,
-    associated_data: bytes,
-    ttl: float | None,
-    now_ms: int | None,
-    max_drift: float,
-    chunked: bool,
-) -> bytes:
-    """Decrypt a whole envelope v2 held in memory (single or stream); see Keyring.decrypt.
-
-    Called by :meth:`Keyring.decrypt` inside its ``try``: an IndexError, ValueError or
-    TypeError here becomes the opaque DecryptionError there.
-    """
-    # Small-message path (~1.5 us budget): literals rather than module globals; the
-    # offsets are section 3a's (41: signature length; then mode, expires_at, nonce).
-    end = data[41] + 42  # the mode byte, after the signature
-    if data[end] != 1:  # MODE_SINGLE
-        if data[end] != MODE_STREAM:
-            raise DecryptionError
-        decryptor = keyring.stream_decryptor(
-            associated_data, now_ms=now_ms, ttl=ttl, max_drift=max_drift
-        )
-        return decryptor.update(data) + decryptor.finish()
-    v1_header = b"\x01" + data[1:end]
-    # verified once per snapshot, then a dict hit; cached only once it decrypted
-    cipher, cached = keyring.cipher_for_header(v1_header)
-    hend = end + 9  # the header ends after expires_at
-    header = data[:hend]
-    aad = header + associated_data if associated_data else header
-    aead = cipher._single_aead or cipher._init_single()
-    # AES-GCM raises InvalidTag (or ValueError for a short body) before returning anything.
-    if len(data) > 4096:
-        view = memoryview(data)
-        if chunked:
-            plaintext = cipher._decrypt_chunked(
-                view[hend : hend + 12], view[hend + 12 :], aad, single=True
-            )
-        else:
-            plaintext = aead.decrypt(view[hend : hend + 12], view[hend + 12 :], aad)
-    else:
-        plaintext = aead.decrypt(data[hend : hend + 12], data[hend + 12 :], aad)
-    if not cached:
-        keyring.decrypted(v1_header, cipher)
-    expires_at = int.from_bytes(header[end + 1 :])
-    keyring.decrypted_single(header, cipher, aead, expires_at)
-    timestamp = cipher.snapshot.timestamp
-    if now_ms is not None and ttl is None:  # the usual case, inlined
-        drift_ms = max_drift * 1000
-        if timestamp - now_ms <= drift_ms and now_ms - expires_at <= drift_ms:
-            return plaintext
-    check_time(timestamp, expires_at, now_ms, ttl, max_drift)
-    return plaintext

@@ -12,10 +12,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .envelope import SnapshotCipher
-from .envelope2 import NowRequiredError, check_time, decrypt_v2
+from .envelope2 import MODE_STREAM, NowRequiredError, check_time
 from .exceptions import DecryptionError, SnapshotError
 from .keys import (
-    ENVELOPE_V2,
     ENVELOPE_VERSION,
     MAX_SIGNATURE_SIZE,
     MIN_SIGNATURE_SIZE,
@@ -83,7 +82,9 @@ class Keyring:
         # The same for envelope v2 single headers (expiry included), bounded alike: the
         # cipher, its single-shot AEAD and the expiry, so an expiring message costs the
         # same dict hit as a v1 one (docs/benchmarks.md: an expiry field's cost).
-        self._singles: dict[bytes, tuple[SnapshotCipher, AESGCM, int]] = {}
+        #: Envelope v2 single headers that decrypted: their AEAD, snapshot timestamp
+        #: and expires_at, so a message under one costs what a v1 message does.
+        self._singles: dict[bytes, tuple[AESGCM, int, int]] = {}
 
     def _add(self, secret: bytes) -> Key:
         key = Key(secret)
@@ -202,31 +203,25 @@ class Keyring:
         try:
             data = token if type(token) is bytes else bytes(token)
             end = data[41] + 42  # signature length byte at offset 41, then the signature
+            if data[0] == 2:  # envelope v2 (a literal: a global costs a lookup per call)
+                # The single-shot header ends after mode and expires_at: one slice, one
+                # lookup for a header that decrypted before (no v1 lookup first).
+                hend = end + 9
+                header = data[:hend]
+                single = self._singles.get(header)
+                if single is None or now_ms is None or len(data) > 4096:
+                    return _decrypt_v2(self, data, associated_data, ttl, now_ms, max_drift, chunked)
+                aead, stamp, expires_at = single
+                aad = header + associated_data if associated_data else header
+                plaintext = aead.decrypt(data[hend : hend + 12], data[hend + 12 :], aad)
+                drift_ms = max_drift * 1000
+                if ttl is not None or stamp - now_ms > drift_ms or now_ms - expires_at > drift_ms:
+                    check_time(stamp, expires_at, now_ms, ttl, max_drift)
+                return plaintext
             header = data[:end]
             cipher = self._ciphers.get(header)
             new = cipher is None
             if cipher is None:
-                if data[0] == ENVELOPE_V2:  # v2 headers miss the v1 cache
-                    hend = end + 9  # the single-shot header ends after mode and expires_at
-                    header = data[:hend]
-                    single = self._singles.get(header)
-                    if single is None or now_ms is None or len(data) > 4096:
-                        return decrypt_v2(
-                            self, data, associated_data, ttl, now_ms, max_drift, chunked
-                        )
-                    # A header that decrypted before, a small message: as lean as v1.
-                    cipher, aead, expires_at = single
-                    aad = header + associated_data if associated_data else header
-                    plaintext = aead.decrypt(data[hend : hend + 12], data[hend + 12 :], aad)
-                    stamp = cipher.snapshot.timestamp
-                    drift_ms = max_drift * 1000
-                    if (
-                        ttl is not None
-                        or stamp - now_ms > drift_ms
-                        or now_ms - expires_at > drift_ms
-                    ):
-                        check_time(stamp, expires_at, now_ms, ttl, max_drift)
-                    return plaintext
                 cipher = self._header_cipher(header)
             aad = header + associated_data if associated_data else header
             if len(data) > 4096:
@@ -266,6 +261,15 @@ class Keyring:
             return cipher, True
         return self._header_cipher(header), False
 
+    def stream_key(self, header: bytes) -> bytes:
+        """The stream key of the snapshot a verified envelope v1 header names.
+
+        For :class:`StreamDecryptor` (:class:`~arraycrypto.core.stream.StreamKeys`);
+        raises the opaque :class:`DecryptionError` as :meth:`cipher_for_header` does.
+        """
+        cipher, _ = self.cipher_for_header(header)
+        return cipher._stream_key or cipher._init_stream()
+
     def decrypted(self, header: bytes, cipher: SnapshotCipher) -> None:
         """Cache ``cipher`` for ``header``: a ciphertext under it just decrypted."""
         if header not in self._ciphers:
@@ -276,7 +280,8 @@ class Keyring:
     ) -> None:
         """Cache an envelope v2 single ``header`` (whole): a ciphertext under it decrypted."""
         if header not in self._singles:
-            _bounded_put(self._singles, header, (cipher, aead, expires_at), self._cache_size)
+            entry = (aead, cipher.snapshot.timestamp, expires_at)
+            _bounded_put(self._singles, header, entry, self._cache_size)
 
     def stream_decryptor(
         self,
@@ -314,3 +319,58 @@ def _bounded_put(cache: dict[bytes, _V], key: bytes, value: _V, size: int) -> No
         with contextlib.suppress(RuntimeError, KeyError, StopIteration):
             del cache[next(iter(cache))]
     cache[key] = value
+
+
+def _decrypt_v2(
+    keyring: Keyring,
+    data: bytes,
+    associated_data: bytes,
+    ttl: float | None,
+    now_ms: int | None,
+    max_drift: float,
+    chunked: bool,
+) -> bytes:
+    """Decrypt a whole envelope v2 held in memory (single or stream); see Keyring.decrypt.
+
+    Called by :meth:`Keyring.decrypt` inside its ``try``: an IndexError, ValueError or
+    TypeError here becomes the opaque DecryptionError there.
+    """
+    # Small-message path (~1.5 us budget): literals rather than module globals; the
+    # offsets are section 3a's (41: signature length; then mode, expires_at, nonce).
+    end = data[41] + 42  # the mode byte, after the signature
+    if data[end] != 1:  # MODE_SINGLE
+        if data[end] != MODE_STREAM:
+            raise DecryptionError
+        decryptor = keyring.stream_decryptor(
+            associated_data, now_ms=now_ms, ttl=ttl, max_drift=max_drift
+        )
+        return decryptor.update(data) + decryptor.finish()
+    v1_header = b"\x01" + data[1:end]
+    # verified once per snapshot, then a dict hit; cached only once it decrypted
+    cipher, cached = keyring.cipher_for_header(v1_header)
+    hend = end + 9  # the header ends after expires_at
+    header = data[:hend]
+    aad = header + associated_data if associated_data else header
+    aead = cipher._single_aead or cipher._init_single()
+    # AES-GCM raises InvalidTag (or ValueError for a short body) before returning anything.
+    if len(data) > 4096:
+        view = memoryview(data)
+        if chunked:
+            plaintext = cipher._decrypt_chunked(
+                view[hend : hend + 12], view[hend + 12 :], aad, single=True
+            )
+        else:
+            plaintext = aead.decrypt(view[hend : hend + 12], view[hend + 12 :], aad)
+    else:
+        plaintext = aead.decrypt(data[hend : hend + 12], data[hend + 12 :], aad)
+    if not cached:
+        keyring.decrypted(v1_header, cipher)
+    expires_at = int.from_bytes(header[end + 1 :])
+    keyring.decrypted_single(header, cipher, aead, expires_at)
+    timestamp = cipher.snapshot.timestamp
+    if now_ms is not None and ttl is None:  # the usual case, inlined
+        drift_ms = max_drift * 1000
+        if timestamp - now_ms <= drift_ms and now_ms - expires_at <= drift_ms:
+            return plaintext
+    check_time(timestamp, expires_at, now_ms, ttl, max_drift)
+    return plaintext

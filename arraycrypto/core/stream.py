@@ -19,7 +19,7 @@ fails closed on a truncated stream. Drivers (files, anyio streams) are in
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Final, NoReturn, TypeAlias
+from typing import Final, NoReturn, Protocol, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,10 +37,7 @@ from .envelope2 import (
 from .exceptions import DecryptionError, SnapshotError
 from .keys import TAG_SIZE, payload_key
 
-if TYPE_CHECKING:
-    from .keyring import Keyring
-
-__all__ = ["MAX_SEGMENTS", "Buffer", "StreamDecryptor", "StreamEncryptor"]
+__all__ = ["MAX_SEGMENTS", "Buffer", "StreamDecryptor", "StreamEncryptor", "StreamKeys"]
 
 #: What the streams accept and write into (``collections.abc.Buffer`` is Python 3.12+).
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -49,6 +46,17 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 MAX_SEGMENTS: Final = 2**32
 _NONCE = struct.Struct(">7xIB")  # u88 big-endian index (< 2**32), then the last flag
 _nonce = _NONCE.pack
+
+
+class StreamKeys(Protocol):
+    """Where a decryptor finds a stream's key: a :class:`~arraycrypto.Keyring`."""
+
+    def stream_key(self, header: bytes) -> bytes:
+        """The stream key of the snapshot an envelope v1 header names, once verified.
+
+        Raises the opaque DecryptionError if no key of the keyring signed it.
+        """
+        ...
 
 
 def _bytes_view(data: Buffer) -> memoryview:
@@ -200,7 +208,7 @@ class StreamDecryptor:
 
     def __init__(
         self,
-        keyring: Keyring,
+        keyring: StreamKeys,
         associated_data: bytes = b"",
         *,
         now_ms: int | None = None,
@@ -327,11 +335,11 @@ class StreamDecryptor:
             raise DecryptionError from None
         raw = bytes(head[:size])
         try:  # the snapshot signature (a cache hit for a snapshot seen before)
-            cipher, _ = self._keyring.cipher_for_header(v1_form(raw[: 42 + len(header.signature)]))
+            stream_key = self._keyring.stream_key(v1_form(raw[: 42 + len(header.signature)]))
         except DecryptionError:
             self._failed = True
             raise
-        key = payload_key(cipher._stream_key or cipher._init_stream(), header.salt)
+        key = payload_key(stream_key, header.salt)
         self.header = header
         self._aad = raw + self._associated_data
         self._aead = AESGCM(key)
