@@ -106,9 +106,10 @@ class SnapshotCipher:
         self._stream_key = b""
         # the single-shot v2 header up to expires_at: v1 header, version 2, mode 1
         self._v2_single = bytes([ENVELOPE_V2]) + self._header[1:] + _V2_SINGLE
-        # (expires_at, its header); None: none yet. Not 0: a first expires_at=0 would
-        # then match it, skip the range check and seal under an empty header.
-        self._last_v2: tuple[int | None, bytes] = (None, b"")
+        # (expires_at, its header, the single-shot AEAD) of the last call with an expiry;
+        # None: none yet. Not 0: a first expires_at=0 would then match it, skip the range
+        # check and seal under an empty header. (The v1 AEAD only fills the slot.)
+        self._last_v2: tuple[int | None, bytes, AESGCM] = (None, b"", self._aead)
 
     def __repr__(self) -> str:
         return f"SnapshotCipher(key_id={self.snapshot.key_id.hex()}, tick={self.snapshot.tick})"
@@ -154,13 +155,14 @@ class SnapshotCipher:
             header = self._header
             aead = self._aead
         else:
-            last_expiry, header = self._last_v2  # one tuple: threads never see a torn pair
-            if expires_at != last_expiry:  # callers at ms resolution repeat it call after call
+            last = self._last_v2  # one tuple: threads never see a torn one
+            if expires_at != last[0]:  # callers at ms resolution repeat it call after call
                 if type(expires_at) is not int or not 0 < expires_at <= _MAX_TIME_MS:
                     check_expires_at(expires_at)  # raises, with the reason
-                header = self._v2_single + _pack_u64(expires_at)
-                self._last_v2 = (expires_at, header)
-            aead = self._single_aead or self._init_single()
+                single = self._single_aead or self._init_single()
+                last = (expires_at, self._v2_single + _pack_u64(expires_at), single)
+                self._last_v2 = last
+            _, header, aead = last
         aad = header + associated_data if associated_data else header
         if len(data) < _POOLED_MIN:
             return header + nonce + aead.encrypt(nonce, data, aad)
