@@ -21,9 +21,9 @@ __all__ = [
     "GC_POLICIES",
     "GC_THRESHOLDS",
     "GcWatch",
+    "PacedPeriod",
     "keep_frozen",
     "pace_gc",
-    "paced_period",
     "raise_fd_limit",
     "tune_gc",
     "tune_process",
@@ -121,13 +121,15 @@ def watch_gc(metrics: Metrics) -> GcWatch:
 
 #: The collector policies ``arraycrypto serve --gc-policy`` can apply (for measuring).
 GC_POLICIES: Final = ("default", "raised", "frozen", "paced")
-#: The "paced" policy: a young and middle collection at most this often...
+#: The "paced" policy: a young and middle collection this often...
 YOUNG_EVERY: Final = 0.1
-#: ... and at least this often (a quiet server: each wake-up costs CPU too).
+#: ... or, on a quiet server, up to this far apart (each wake-up costs CPU too).
 YOUNG_EVERY_MAX: Final = 0.5
-#: The pause a paced collection is kept near: the period halves after a longer one,
-#: and grows by half after one under a quarter of it.
-PACED_PAUSE: Final = 0.005
+#: A collection under this many seconds is a quiet one; any other puts the period back
+#: to ``YOUNG_EVERY`` at once...
+QUIET_PAUSE: Final = 0.002
+#: ... and only after this many seconds of nothing but quiet ones does it double.
+QUIET_FOR: Final = 2.0
 #: The old generation's threshold under the "paced" policy: out of reach of its
 #: ten middle collections a second (a day and more).
 NO_FULL_COLLECTIONS: Final = 1_000_000
@@ -151,18 +153,37 @@ async def keep_frozen(every: float = FREEZE_EVERY) -> None:
         gc.freeze()
 
 
-def paced_period(period: float, pause: float) -> float:
-    """The next period of :func:`pace_gc`, after a collection that took ``pause`` seconds.
+class PacedPeriod:
+    """How long :func:`pace_gc` waits before its next collection (pure: times passed in).
 
-    A collection's pause grows with what survived since the last one, so with the
-    period: halving it after a slow one brings the next near the target at once, and
-    it grows back only while collections stay well under it, so it does not swing.
+    A collection's pause grows with what survived since the last one: with the period
+    under a steady load, and not at all for a burst (a round of pongs, a reconnect
+    storm), whose survivors are there whenever the collection comes. So the period
+    doubles only after ``QUIET_FOR`` seconds of nothing but quick collections (a load
+    that at ``YOUNG_EVERY`` costs under ``QUIET_PAUSE`` per collection costs at most
+    five times that at ``YOUNG_EVERY_MAX``), and comes back to ``YOUNG_EVERY`` at once
+    after any collection that is not quick. A busy server (10 000 connections and
+    their pings) never stays quiet that long and keeps ``YOUNG_EVERY``; a quiet one
+    wakes five times less.
     """
-    if pause > PACED_PAUSE:
-        return max(YOUNG_EVERY, period / 2)
-    if pause < PACED_PAUSE / 4:
-        return min(YOUNG_EVERY_MAX, period * 1.5)
-    return period
+
+    __slots__ = ("_quiet_since", "period")
+
+    def __init__(self) -> None:
+        self.period = YOUNG_EVERY
+        self._quiet_since: float | None = None
+
+    def after(self, pause: float, now: float) -> float:
+        """The next period, after a collection that took ``pause`` seconds, at ``now``."""
+        if pause >= QUIET_PAUSE:
+            self.period = YOUNG_EVERY
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = now
+        elif now - self._quiet_since >= QUIET_FOR:
+            self.period = min(YOUNG_EVERY_MAX, self.period * 2)
+            self._quiet_since = now  # another QUIET_FOR before the next step
+        return self.period
 
 
 async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
@@ -177,7 +198,7 @@ async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
     survived 0.1 s moves to the old generation after one scan, a few thousand objects
     (a few milliseconds); middle collections once a second instead held a second's
     survivors and took 50-160 ms. A server that is small or quiet has few survivors:
-    there the period stretches up to 0.5 s (:func:`paced_period`), since every
+    there the period stretches up to 0.5 s (:class:`PacedPeriod`), since every
     wake-up costs CPU too. Every ``freeze_every`` seconds the old generation is
     frozen, so no full collection scans the long-lived state of every connection.
 
@@ -195,13 +216,13 @@ async def pace_gc(freeze_every: float = FREEZE_EVERY) -> None:
     if young:  # automatic collection switched off by the application: leave it so
         gc.set_threshold(young, middle, max(old, NO_FULL_COLLECTIONS))
     frozen_at = time.monotonic()
-    period = YOUNG_EVERY
+    pacing = PacedPeriod()
     while True:
-        await anyio.sleep(period)
+        await anyio.sleep(pacing.period)
         started = time.perf_counter()
         gc.collect(1)
-        period = paced_period(period, time.perf_counter() - started)
         now = time.monotonic()
+        pacing.after(time.perf_counter() - started, now)
         if now - frozen_at >= freeze_every:
             gc.freeze()
             frozen_at = now
