@@ -14,7 +14,7 @@ import arraycrypto
 
 PACKAGE = Path(arraycrypto.__file__).parent
 PURE = sorted(p.name for p in (PACKAGE / "core").glob("*.py"))
-# No event loop, no sockets, no clock in the pure core (config reads its file, nothing else).
+# No event loop, no sockets, no clock in the pure core (loading reads config files, nothing else).
 FORBIDDEN = {
     "anyio",
     "asyncio",

@@ -39,12 +39,3 @@ def test_a_stall_skips_to_now_instead_of_bursting() -> None:
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         TickSchedule(0)
-
-
-def test_lateness_is_the_time_since_the_tick_began() -> None:
-    # What the server's loop-lag gauge records for each tick: how long after its
-    # boundary the snapshot was made (a stalled loop makes it late).
-    schedule = TickSchedule(100)
-    assert schedule.late(T) == 0.0
-    assert schedule.late(T + 37) == pytest.approx(0.037)
-    assert schedule.late(T + 137) == pytest.approx(0.037)  # of the tick current then

@@ -2,9 +2,10 @@
 
 One task per :class:`~arraycrypto.CryptoClient`. Each attempt opens a TCP (or TLS)
 stream and runs a :class:`~arraycrypto.core.client_connection.ClientConnection` over it
-with the shared driver loop; what the connection reports goes to the client
-(:class:`Sink`). Between attempts: exponential backoff with full jitter, reset after a
-success, and the next of ``server_urls`` after a failure.
+with the shared driver loop; what the connection reports goes to the client's
+:class:`~arraycrypto.client.status.ClientStatus` (a :class:`Sink`). Between attempts:
+exponential backoff with full jitter, reset after a success, and the next of
+``server_urls`` after a failure.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def describe(exc: BaseException) -> str:
 
 
 class Sink(Protocol):
-    """What the connector tells its client."""
+    """What the connector tells its client (:class:`~arraycrypto.client.status.ClientStatus`)."""
 
     def connecting(self) -> None:
         """An attempt starts."""

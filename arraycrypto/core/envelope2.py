@@ -1,4 +1,4 @@
-"""Envelope v2: the header, single-shot messages, and the time rules (PROTOCOL.md, 3a).
+"""Envelope v2: the header and the time rules (PROTOCOL.md, 3a).
 
 A v2 envelope starts with the v1 header with its first byte set to 2 (so the snapshot
 signature still covers ``u8(1) || bytes 1..41``), then a mode byte and the sender's

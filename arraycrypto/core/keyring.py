@@ -79,11 +79,9 @@ class Keyring:
             raise ValueError("cache_size must be at least 1")
         self._cache_size = cache_size
         self._ciphers: dict[bytes, SnapshotCipher] = {}
-        # The same for envelope v2 single headers (expiry included), bounded alike: the
-        # cipher, its single-shot AEAD and the expiry, so an expiring message costs the
-        # same dict hit as a v1 one (docs/benchmarks.md: an expiry field's cost).
-        #: Envelope v2 single headers that decrypted: their AEAD, snapshot timestamp
-        #: and expires_at, so a message under one costs what a v1 message does.
+        # The same for envelope v2 single headers (expiry included), bounded alike:
+        # their AEAD, snapshot timestamp and expires_at, so an expiring message costs
+        # the same dict hit as a v1 one (docs/benchmarks.md: an expiry field's cost).
         self._singles: dict[bytes, tuple[AESGCM, int, int]] = {}
 
     def _add(self, secret: bytes) -> Key:

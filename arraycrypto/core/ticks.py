@@ -29,10 +29,6 @@ class TickSchedule:
         """Seconds from ``now_ms`` to the next tick boundary (never 0)."""
         return (self.interval_ms - now_ms % self.interval_ms) / 1000
 
-    def late(self, now_ms: int) -> float:
-        """Seconds from the current tick's boundary to ``now_ms``: how late a tick made now is."""
-        return now_ms % self.interval_ms / 1000
-
     def due(self, now_ms: int, last_tick: int) -> tuple[int, int] | None:
         """The tick to make now after ``last_tick``, and how many were skipped; None if early.
 

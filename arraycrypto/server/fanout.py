@@ -96,26 +96,30 @@ class Ticker:
         return int(self.schedule.delay(self.now_ms()))
 
     def advance(self) -> bytes | None:
-        """Make the snapshot of the tick due now, and return its frame; None if none is due.
-
-        How late it is made (a stalled loop wakes the ticker late) is recorded as loop lag.
-        """
-        now = self.now_ms()
-        due = self.schedule.due(now, self.snapshot.tick)
+        """Make the snapshot of the tick due now, and return its frame; None if none is due."""
+        due = self.schedule.due(self.now_ms(), self.snapshot.tick)
         if due is None:
             return None  # woke a hair early: the boundary has not passed yet
         tick, skipped = due  # after a stall: skip to now, never a burst of stale ticks
         self._metrics.ticks_skipped_total += skipped
-        self._metrics.loop_lag.record(self.schedule.late(now), time.monotonic())
         self.snapshot = self._make(tick)
         self._encode()
         self._metrics.ticks_total += 1
         return self.frame
 
     async def run(self, on_tick: Callable[[bytes], None]) -> None:
-        """Tick forever, calling ``on_tick(frame)`` with each new snapshot's frame."""
+        """Tick forever, calling ``on_tick(frame)`` with each new snapshot's frame.
+
+        How late the ticker wakes for each boundary is recorded as loop lag: a stalled
+        loop wakes it late, and it wakes anyway, so the gauge costs no wake-up of its
+        own. On the monotonic clock: a step of the wall clock is no stall.
+        """
         while True:
-            await anyio.sleep(self.schedule.delay(self.now_ms()))
+            delay = self.schedule.delay(self.now_ms())
+            asked = time.monotonic() + delay
+            await anyio.sleep(delay)
+            woke = time.monotonic()
+            self._metrics.loop_lag.record(max(0.0, woke - asked), woke)
             frame = self.advance()
             if frame is not None:
                 on_tick(frame)

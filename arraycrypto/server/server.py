@@ -46,9 +46,11 @@ _DRAIN_GRACE: Final = 0.2
 _DRAIN_SPREAD: Final = 0.6
 #: Seconds between two checks of the event loop's lateness. Not shorter: every wake-up
 #: of an idle process costs CPU (about 0.2 ms on a cloud VM; twenty a second were a
-#: fifth of the CPU per tick of a server of 1 000 clients). A stall this long or longer
-#: is always seen; a shorter one when it delays this or the ticker's wake-up, and every
-#: collector pause is timed on its own (``gc_pause_seconds_max``).
+#: fifth of the CPU per tick of a server of 1 000 clients). A check sees the part of a
+#: stall after its own deadline, so a stall reads up to this much short (and one this
+#: short may read 0) unless it also delays the ticker's wake-up, which is measured the
+#: same way; every collector pause is timed on its own (``gc_pause_seconds_max``), and
+#: each tick's write pass too (``push_duration_seconds_last``).
 _LAG_PERIOD: Final = 0.5
 
 
@@ -186,7 +188,7 @@ class Server:
         return self.metrics.render((("worker", str(self.worker)),), peers)
 
     async def _watch_lag(self) -> None:
-        """Measure how late the loop wakes a sleeper: every stall shows (GC pauses too)."""
+        """Measure how late the loop wakes a sleeper (stalls and GC pauses; see _LAG_PERIOD)."""
         while True:
             asked = time.monotonic() + _LAG_PERIOD
             await anyio.sleep(_LAG_PERIOD)
