@@ -37,13 +37,24 @@ from ..net.logs import RateLimitedLog
 from ..net.sockets import STREAM_ERRORS, DirectStream
 from .metrics import Metrics
 
-__all__ = ["Fanout", "Subscriber", "Ticker"]
+__all__ = ["Fanout", "Subscriber", "Ticker", "sleep_noting_lag"]
 
 logger = logging.getLogger("arraycrypto.server")
 
 _CLOSE_STEP: Final = 0.1  # seconds between two batches of a drain's closes
 #: The pinger's rounds per interval, each for one slot of the clients (pings spread out).
 _PING_SLOTS: Final = 10
+
+
+async def sleep_noting_lag(seconds: float, metrics: Metrics) -> None:
+    """Sleep ``seconds``, then record how much later than asked the loop woke (loop lag).
+
+    On the monotonic clock: a step of the wall clock is no stall.
+    """
+    asked = time.monotonic() + seconds
+    await anyio.sleep(seconds)
+    woke = time.monotonic()
+    metrics.loop_lag.record(max(0.0, woke - asked), woke)
 
 
 class Ticker:
@@ -111,15 +122,10 @@ class Ticker:
         """Tick forever, calling ``on_tick(frame)`` with each new snapshot's frame.
 
         How late the ticker wakes for each boundary is recorded as loop lag: a stalled
-        loop wakes it late, and it wakes anyway, so the gauge costs no wake-up of its
-        own. On the monotonic clock: a step of the wall clock is no stall.
+        loop wakes it late, and it wakes anyway, so the gauge costs no wake-up of its own.
         """
         while True:
-            delay = self.schedule.delay(self.now_ms())
-            asked = time.monotonic() + delay
-            await anyio.sleep(delay)
-            woke = time.monotonic()
-            self._metrics.loop_lag.record(max(0.0, woke - asked), woke)
+            await sleep_noting_lag(self.schedule.delay(self.now_ms()), self._metrics)
             frame = self.advance()
             if frame is not None:
                 on_tick(frame)

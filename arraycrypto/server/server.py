@@ -29,7 +29,7 @@ from ..core.config import ServerConfig
 from ..core.exceptions import ConfigError
 from ..core.keyring import Keyring
 from ..net.tls import server_context
-from .fanout import Fanout, Ticker
+from .fanout import Fanout, Ticker, sleep_noting_lag
 from .listener import Listener
 from .metrics import Metrics
 from .shim import Routes, Shim
@@ -190,10 +190,7 @@ class Server:
     async def _watch_lag(self) -> None:
         """Measure how late the loop wakes a sleeper (stalls and GC pauses; see _LAG_PERIOD)."""
         while True:
-            asked = time.monotonic() + _LAG_PERIOD
-            await anyio.sleep(_LAG_PERIOD)
-            now = time.monotonic()
-            self.metrics.loop_lag.record(max(0.0, now - asked), now)
+            await sleep_noting_lag(_LAG_PERIOD, self.metrics)
 
     async def _publish_metrics(self) -> None:
         """Write this worker's metrics for the others, every second (atomically)."""
