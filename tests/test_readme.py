@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import arraycrypto
 from arraycrypto import CryptoConfig, ServerConfig, save_config
 
 from .harness.constants import HOST, SECRET
 from .harness.servers import ServeProcess
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def python_blocks() -> list[str]:
@@ -23,6 +27,54 @@ def test_readme_has_the_two_commands() -> None:
     text = README.read_text()
     assert ".venv/bin/arraycrypto serve" in text
     assert ".venv/bin/python -m pytest" in text
+
+
+def test_the_package_pip_installs_is_whole(tmp_path: Path) -> None:
+    # The quick start's `pip install .` installs a wheel, not this source tree (the suite
+    # itself runs from an editable install, which sees every file). A wheel holding only
+    # the top-level package made the first command end in ModuleNotFoundError.
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("arraycrypto-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "arraycrypto").rglob("*.py")}
+    assert sources - shipped == set()
+    assert "arraycrypto/py.typed" in shipped
+    # And it runs from the wheel alone (pure Python: importable from the zip).
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import arraycrypto.cli as c; print(c.__file__); c.main(['--version'])",
+        ],
+        cwd=where,
+        env={**os.environ, "PYTHONPATH": str(wheel)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(wheel)), result.stdout
+    assert result.stdout.endswith(f"arraycrypto {arraycrypto.__version__}\n"), result.stdout
 
 
 def run(source: str, cwd: Path) -> subprocess.CompletedProcess[str]:

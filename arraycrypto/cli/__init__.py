@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+# The package's own constant (pyproject reads it too), not importlib.metadata, whose
+# import alone was a quarter of every command's start-up.
+from .. import __version__
 from ..core.config import LOG_LEVELS
 from .common import CommandError, client_main, fail, quiet_exit_on_closed_stdout
 
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Authenticated encryption with server-pushed key epochs.",
         epilog="'arraycrypto COMMAND --help' for a command's options; README.md for more.",
     )
-    parser.add_argument("--version", action="version", version=f"arraycrypto {_version()}")
+    parser.add_argument("--version", action="version", version=f"arraycrypto {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
@@ -279,13 +281,6 @@ def _log_options(cmd: argparse.ArgumentParser, *, formats: bool = False) -> None
             default="text",
             help="json: one object per line (time, level, logger, message, worker)",
         )
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("arraycrypto")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "unknown"
 
 
 def _hex(text: str) -> bytes:
