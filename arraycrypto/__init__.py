@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import typing
 
+from .core import __version__ as __version__
 from .core.armor import armor as armor
 from .core.armor import dearmor as dearmor
 from .core.config import CryptoConfig as CryptoConfig
@@ -76,8 +77,6 @@ def __getattr__(name: str) -> typing.Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ArmorError",

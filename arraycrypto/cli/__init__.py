@@ -10,7 +10,7 @@ from typing import Any
 
 # The package's own constant (pyproject reads it too), not importlib.metadata, whose
 # import alone was a quarter of every command's start-up.
-from .. import __version__
+from ..core import __version__
 from ..core.config import LOG_LEVELS
 from .common import CommandError, client_main, fail, quiet_exit_on_closed_stdout
 

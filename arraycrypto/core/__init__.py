@@ -24,3 +24,7 @@ enforces it); time and randomness are passed in. The drivers in ``arraycrypto.se
 - ``loading``: where a config comes from (file, environment, secret file); saving one
 - ``exceptions``: every error arraycrypto raises
 """
+
+#: The package's version, in one place: ``arraycrypto.__version__``, pyproject.toml and
+#: ``arraycrypto --version`` all read this one.
+__version__ = "0.1.0"
