@@ -73,7 +73,14 @@ async def collector_off() -> AsyncIterator[None]:
         gc.collect()
 
 
-async def clean_close(port: int, context: Any) -> None:
+#: What a waiting kind calls once its connection does nothing but wait for the server's
+#: deadline: the test starts the next connection then, not before.
+Ready = Callable[[], None]
+#: One way for a connection to end: (port, TLS context or None, ready).
+Kind = Callable[[int, Any, Ready], Awaitable[None]]
+
+
+async def clean_close(port: int, context: Any, ready: Ready) -> None:
     client = await RawClient.connect(port, ssl_context=context)
     await client.handshake()
     client.protocol.send_close(1000, "bye")
@@ -81,32 +88,33 @@ async def clean_close(port: int, context: Any) -> None:
     await client.wait_closed()
 
 
-async def fin(port: int, context: Any) -> None:
+async def fin(port: int, context: Any, ready: Ready) -> None:
     client = await RawClient.connect(port, ssl_context=context)
     await client.handshake()
     await client.aclose()
 
 
-async def rst(port: int, context: Any) -> None:
+async def rst(port: int, context: Any, ready: Ready) -> None:
     stream, _ = await hostile.subscribe(port, context)
     raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await anyio.aclose_forcefully(stream)  # SO_LINGER 0: the kernel sends RST
 
 
-async def handshake_timeout(port: int, context: Any) -> None:
+async def handshake_timeout(port: int, context: Any, ready: Ready) -> None:
     stream = await hostile.connect(port, context)
     reader = hostile.Reader(stream)
     async with stream:
         await hostile.upgrade(stream, reader)
+        ready()  # from here it only waits for the server's handshake deadline
         while (got := await reader.next_frame()) is not None and got[0] != frames.CLOSE:
             pass
 
 
-async def http_request(status: int) -> Callable[[int, Any], Awaitable[None]]:
+def http_request(status: int) -> Kind:
     path = b"/health" if status == 200 else b"/nowhere"
 
-    async def run(port: int, context: Any) -> None:
+    async def run(port: int, context: Any, ready: Ready) -> None:
         stream = await hostile.connect(port, context)
         async with stream:
             await stream.send(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -116,48 +124,62 @@ async def http_request(status: int) -> Callable[[int, Any], Awaitable[None]]:
     return run
 
 
-async def slow_head(port: int, context: Any) -> None:
+async def slow_head(port: int, context: Any, ready: Ready) -> None:
     stream = await hostile.connect(port, context)
     async with stream:
         await stream.send(b"GET /health HTTP/1.1\r\n")  # never finished: 408
+        ready()  # from here it only waits for the server's read deadline
         head = await hostile.Reader(stream).head()
         assert head.startswith(b"HTTP/1.1 408"), head[:40]
 
 
-async def failed_tls(port: int, context: Any) -> None:
+async def failed_tls(port: int, context: Any, ready: Ready) -> None:
     stream = await anyio.connect_tcp(HOST, port)
     async with stream:  # a ClientHello cut short, then gone: the TLS handshake fails
         await stream.send(b"\x16\x03\x01\x00")
 
 
-KINDS: dict[str, Callable[[int, Any], Awaitable[None]]] = {
+KINDS: dict[str, Kind] = {
     "clean close": clean_close,
     "FIN": fin,
     "RST": rst,
+    "HTTP 200": http_request(200),
+    "HTTP 404": http_request(404),
+    "TLS failure": failed_tls,
+}
+#: The kinds that end by a server deadline: they mostly wait, so they overlap.
+WAITING: dict[str, Kind] = {
     "handshake timeout": handshake_timeout,
     "HTTP 408": slow_head,
 }
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-@pytest.mark.parametrize("kind", [*KINDS, "HTTP 200", "HTTP 404", "TLS failure"])
+@pytest.mark.parametrize("kind", [*KINDS, *WAITING])
 async def test_ended_connections_leave_nothing_behind(kind: str, tls: bool, tmp_path: Path) -> None:
     if kind == "TLS failure" and not tls:
         pytest.skip("a plain port has no TLS handshake to fail")
-    run = KINDS.get(kind)
-    if run is None:
-        run = failed_tls if kind == "TLS failure" else await http_request(int(kind[5:]))
-    # 1 000 of each kind over plain TCP: one object kept per connection would show as a
-    # count, and so does a rare path (100 did not show the pinger keeping its last
-    # client alive). Over TLS 250: both ends' handshakes run in this process (about
-    # 5 s per 1 000), and deadline kinds go 25 at a time, or a loaded machine lets the
-    # deadline pass before the TLS handshake and the upgrade are done.
-    waits = kind in ("handshake timeout", "HTTP 408")
-    count = 250 if tls else 1000
-    # Short deadlines, but not so short that a loaded machine ends a connection by its
-    # deadline before the upgrade (one deadline covers TLS, HTTP and the handshake).
+    waits = kind in WAITING
+    run = WAITING[kind] if waits else KINDS[kind]
+    # 400 of each kind over plain TCP, 150 over TLS (both ends' handshakes run in this
+    # process): one object kept per connection shows as a count at any number, and
+    # hundreds give the rare paths (a peer gone mid-write, a deadline racing a read) their
+    # turn. The pinger runs a round every 50 ms (interval 0.5 s, ten slots), so it looks
+    # at live subscribers during the test: a round's loop variable once kept the last
+    # client alive after every client had gone, which 100 connections at the default
+    # 2 s rounds did not show.
+    count = 150 if tls else 400
+    # The deadline kinds start one connection once the previous one is only waiting, so
+    # no connection's handshake queues behind a crowd of others and the deadline can be
+    # short without a loaded machine ending a connection before its upgrade.
     short = (1.0 if tls else 0.5) if waits else 10.0
-    config = server_config(handshake_timeout=short, http_read_timeout=short, tick_interval=0.05)
+    config = server_config(
+        handshake_timeout=short,
+        http_read_timeout=short,
+        tick_interval=0.05,
+        ping_interval=0.5,
+        ping_timeout=10.0,
+    )
     context = None
     if tls:
         config, context = with_tls(config, tmp_path)
@@ -165,31 +187,42 @@ async def test_ended_connections_leave_nothing_behind(kind: str, tls: bool, tmp_
         assert server.port
         port = server.port
         known = present()  # not this test's: whatever other tests left referenced
-        await run(port, context)  # warm up: caches, lazy imports
+        await run(port, context, lambda: None)  # warm up: caches, lazy imports
         await settle(server, known)
-        # The deadline kinds mostly wait: many at once, so 1 000 take seconds, not minutes.
-        limit = anyio.Semaphore((25 if tls else 250) if waits else 50)
+        limit = anyio.Semaphore(200 if waits else 50)  # descriptors: two per connection
 
-        async def one() -> None:
+        async def one(ready: anyio.Event) -> None:
             async with limit:
-                await run(port, context)
+                await run(port, context, ready.set)
+            ready.set()
 
         with anyio.fail_after(120):
             async with anyio.create_task_group() as tg:
                 for _ in range(count):
-                    tg.start_soon(one)
-            await settle(server, known)
-        left = alive(known)
+                    ready = anyio.Event()
+                    tg.start_soon(one, ready)
+                    if waits:
+                        await ready.wait()
+            left = await settle(server, known)
     # Every connection ended, so none of their objects may be alive: a reference cycle
     # would keep one set per connection ({'_Framing': 400, ...}).
     assert left == {}, f"{kind}: {left} alive after {count} ended connections"
 
 
-async def settle(server: Any, known: frozenset[int] = frozenset()) -> None:
-    """Wait until every connection has ended and its task let go of its objects."""
+async def settle(server: Any, known: frozenset[int] = frozenset()) -> dict[str, int]:
+    """Wait until every connection has ended and its task let go of its objects.
+
+    Returns what is still alive then (nothing, unless something leaks).
+    """
     with anyio.fail_after(20):
         while server.metrics.connections:
             await anyio.sleep(0.01)
-    with anyio.move_on_after(2):  # the last tasks finish their finally blocks
-        while alive(known):
-            await anyio.sleep(0.01)
+    # The last tasks finish their finally blocks. Each look walks every object in the
+    # process (tens of milliseconds of CPU), so the looks back off.
+    pause = 0.01
+    with anyio.move_on_after(2):
+        while left := alive(known):
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.4)
+        return left
+    return alive(known)
