@@ -24,6 +24,7 @@ from arraycrypto import (
 from arraycrypto.core import messages as m
 
 from .harness import hostile
+from .harness.cli import cli
 from .harness.clock import wait_for
 from .harness.constants import HOST, OTHER, SECRET
 from .harness.http import http_get, parse_response
@@ -195,6 +196,42 @@ async def test_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
         # SIGHUP reaches every worker.
         server.signal(signal.SIGHUP)
         await wait_for(lambda: server.output().count("reloaded config") == 2)
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=15) == 0
+
+
+async def test_a_second_supervisor_cannot_join_a_port_in_use(tmp_path: Path) -> None:
+    # Found by following the README as a new operator: a second `serve --workers` on a
+    # port that a first one serves (another directory, another secret) started without
+    # a word, its workers in the same SO_REUSEPORT group, and the kernel spread new
+    # clients over both servers: 3 of 8 snapshots came signed with a key the first
+    # server's clients do not trust.
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    write(first)
+    write(second, secret_key=NEW)
+    with ServeProcess("--config", str(first), "--workers", "2") as server:
+        await wait_for(lambda: server.output().count("listening on") == 2, timeout=20)
+        result = await anyio.to_thread.run_sync(
+            lambda: cli(
+                "serve",
+                "--config",
+                str(second),
+                "--workers",
+                "2",
+                "--port",
+                str(server.port),
+                timeout=30,
+            )
+        )
+        assert result.returncode == 1
+        err = result.stderr.decode()
+        assert err.count("\n") == 1, err  # one line, no traceback
+        assert f"port {server.port} is already served by another arraycrypto" in err, err
+        # And the port still has one server: every snapshot is the first one's.
+        ours = Keyring(OLD).primary.key_id.hex()
+        for _ in range(10):
+            _, _, body = await http_get(server.port, "/snapshot")
+            assert json.loads(body)["key_id"] == ours
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=15) == 0
 

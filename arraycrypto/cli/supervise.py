@@ -81,12 +81,41 @@ def supervise(args: argparse.Namespace) -> int:
             f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
         ) from None
     port = reserve.getsockname()[1]
+    try:
+        claim = _claim(port)
+    except OSError:
+        reserve.close()
+        raise CommandError(
+            f"port {port} is already served by another arraycrypto supervisor on this"
+            " machine: our workers would share it with its workers (SO_REUSEPORT) and new"
+            " clients would land on either server; stop it first or use another port"
+        ) from None
     metrics_dir = tempfile.mkdtemp(prefix="arraycrypto-metrics-")
     try:
         return anyio.run(_run, args, count, config.host, port, metrics_dir)
     finally:
         reserve.close()
+        claim.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _claim(port: int) -> socket.socket:
+    """Claim ``port`` for this supervisor alone; OSError if another one holds it.
+
+    SO_REUSEPORT lets any process of the same user join the port's group, so the
+    reservation above does not stop a second supervisor (another secret, another
+    deployment) from sharing the port. This claim does: a Unix socket in Linux's
+    abstract namespace, one name per port, which only one process can bind and which
+    the kernel releases when that process ends however it ends (no file left behind
+    by a SIGKILL). Abstract names belong to the network namespace, as ports do.
+    """
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0arraycrypto-supervisor-port-{port}")
+    except OSError:
+        claim.close()
+        raise
+    return claim
 
 
 async def _run(args: argparse.Namespace, count: int, host: str, port: int, metrics_dir: str) -> int:
