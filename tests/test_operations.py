@@ -78,6 +78,11 @@ async def test_reload_refuses_what_needs_a_restart() -> None:
         with pytest.raises(ConfigError, match="`port` changed"):
             server.reload(moved)
         assert server.config.port == 0  # the old config still in force
+        # Turning TLS on names the fields an operator wrote, not an internal name.
+        pem = str(Path(__file__).parent / "no-such.pem")
+        with_tls = msgspec.structs.replace(server.config, tls_certfile=pem, tls_keyfile=pem)
+        with pytest.raises(ConfigError, match=r"TLS turned on .`tls_certfile`, `tls_keyfile`."):
+            server.reload(with_tls)
         tighter = msgspec.structs.replace(server.config, max_connections=7, write_timeout=1.0)
         server.reload(tighter)
         assert server.listener.admission.max_connections == 7

@@ -37,8 +37,10 @@ def load_server(args: argparse.Namespace, *, create: bool = True) -> ServerConfi
 
     Shared by a single server and the supervisor of ``--workers``.
     """
-    config = load_server_config(Path(args.config), create=create, env=os.environ)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:  # checked before the file may be created: a refused start leaves none
+        ServerConfig(secret_key=bytes(32), **overrides)
+    config = load_server_config(Path(args.config), create=create, env=os.environ)
     if overrides:
         config = ServerConfig(**{**msgspec.structs.asdict(config), **overrides})
     return config

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import logging
 import os
 import re
@@ -177,11 +178,47 @@ def _build(
     if secret_file is not None:
         merged["secret_key"] = _read_secret_file(str(secret_file))
     try:
-        return msgspec.convert(merged, type=kind)
+        config = msgspec.convert(merged, type=kind)
     except msgspec.ValidationError as exc:
         if not from_env and not from_file:
             raise ConfigError(f"no config file, and the environment has no secret: {exc}") from None
-        raise ConfigError(f"{origin}: {exc}") from None
+        raise ConfigError(f"{origin}: {_with_hint(str(exc), kind)}") from None
+    ca_file = getattr(config, "ca_file", None)
+    if ca_file is not None:
+        # Checked here, not at the first connection, where it read as a network error
+        # ("last connection error: ...: no such file or directory") naming neither.
+        try:
+            Path(ca_file).open("rb").close()
+        except OSError as exc:
+            raise ConfigError(f"{origin}: `ca_file` {ca_file}: {exc.strerror}") from None
+    return config
+
+
+#: A well-formed secret for checking settings before a file with a real one exists.
+_FRESH: Final = base64.b64encode(bytes(32)).decode()
+
+_UNKNOWN_FIELD: Final = re.compile(r"unknown field `([^`]+)`")
+
+
+def _with_hint(message: str, kind: type[_C]) -> str:
+    """``message``, plus what an unknown field was probably meant to be."""
+    found = _UNKNOWN_FIELD.search(message)
+    if found is None:
+        return message
+    name = found.group(1)
+    ours = {f.name for f in msgspec.structs.fields(kind)} | {"secret_key_file"}
+    other: type[ServerConfig | CryptoConfig] = (
+        ServerConfig if kind is CryptoConfig else CryptoConfig
+    )
+    if name in {f.name for f in msgspec.structs.fields(other)} - ours:
+        if kind is CryptoConfig:
+            return (
+                f"{message}: this is a server's config, not a client's"
+                " (`arraycrypto client-config` writes a client's from it)"
+            )
+        return f"{message}: this is a client's config, not a server's"
+    close = difflib.get_close_matches(name, sorted(ours), n=1)
+    return f"{message}: did you mean `{close[0]}`?" if close else message
 
 
 def load_client_config(
@@ -214,6 +251,11 @@ def load_server_config(
     p = None if path is None else Path(path)
     from_env = _secret_in(env or {})
     if p is not None and create and not from_env and not p.exists():
+        # The environment is checked first, against the file about to be made: a start
+        # that fails on a bad variable leaves no new secret on disk for the next one.
+        _build(
+            ServerConfig, None, {**(env or {}), ENV_PREFIX + "SECRET_KEY": _FRESH}, required=False
+        )
         try:
             save_config(p, ServerConfig(secret_key=generate_secret()), exclusive=True)
         except FileExistsError:

@@ -122,7 +122,11 @@ class Server:
         """
         for field in RESTART_FIELDS:
             if _restart_value(self.config, field) != _restart_value(config, field):
-                raise ConfigError(f"`{field}` changed: it takes effect only on a restart")
+                what = f"`{field}` changed"
+                if field == "tls":
+                    turned = "on" if config.tls_certfile is not None else "off"
+                    what = f"TLS turned {turned} (`tls_certfile`, `tls_keyfile`)"
+                raise ConfigError(f"{what}: it takes effect only on a restart")
         ssl_context = self._tls_context(config)  # certificate rotation: load them anew
         keyring = (
             self.keyring

@@ -1,0 +1,79 @@
+"""A config mistake gets an error that says what to do, and leaves nothing behind.
+
+Found by following the README as a new user would (a field name mistyped, a client's
+config given to the server, a CA file that is not there, a bad port that still left a
+new secret on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from arraycrypto import ConfigError, load_client_config, load_server_config
+
+from .harness.cli import cli
+
+
+def write(path: Path, **fields: object) -> Path:
+    path.write_text(json.dumps(fields))
+    path.chmod(0o600)
+    return path
+
+
+def test_a_mistyped_field_gets_the_name_it_was_meant_to_be(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.json", server_url="http://127.0.0.1:1", secret="x")
+    with pytest.raises(ConfigError, match=r"unknown field `secret`.*did you mean `secret_key`"):
+        load_client_config(path)
+    path = write(tmp_path / "s.json", secret_key="QUJDREVGR0hJSktMTU5PUA==", tick_intervl=1)
+    with pytest.raises(ConfigError, match="did you mean `tick_interval`"):
+        load_server_config(path)
+
+
+def test_a_config_of_the_other_side_is_named_as_such(tmp_path: Path) -> None:
+    server = write(
+        tmp_path / "server_config.json", secret_key="QUJDREVGR0hJSktMTU5PUA==", tick_interval=1
+    )
+    with pytest.raises(ConfigError, match=r"a server's config, not a client's.*client-config"):
+        load_client_config(server)
+    client = write(
+        tmp_path / "client_config.json",
+        secret_key="QUJDREVGR0hJSktMTU5PUA==",
+        server_url="http://h:1",
+    )
+    with pytest.raises(ConfigError, match="a client's config, not a server's"):
+        load_server_config(client, create=False)
+
+
+def test_a_missing_ca_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.json",
+        server_url="https://127.0.0.1:1",
+        secret_key="QUJDREVGR0hJSktMTU5PUA==",
+        ca_file=str(tmp_path / "nope.pem"),
+    )
+    with pytest.raises(ConfigError, match=r"`ca_file`.*nope.pem.*(no such file|No such file)"):
+        load_client_config(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        ((), {"ARRAYCRYPTO_PORT": "abc"}),
+        (("--port", "99999"), {}),
+        ((), {"ARRAYCRYPTO_PORT": "0x"}),
+    ],
+    ids=["bad variable", "bad flag", "bad number"],
+)
+def test_a_serve_that_fails_on_its_settings_creates_no_config(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    result = cli("serve", *args, cwd=tmp_path, env={**os.environ, **env}, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr.decode()
+    # A new secret written by a command that then refused to run is a secret nobody
+    # asked for, and the next start would use it silently.
+    assert not (tmp_path / "server_config.json").exists()
