@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import ssl
 from pathlib import Path
@@ -239,6 +240,37 @@ async def test_a_second_supervisor_cannot_join_a_port_in_use(tmp_path: Path) -> 
             assert json.loads(body)["key_id"] == ours
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=15) == 0
+
+
+async def test_a_killed_supervisors_metrics_directory_does_not_outlive_it(tmp_path: Path) -> None:
+    # The workers share their metrics through a directory the supervisor makes in the
+    # temp dir and removes on a clean stop. SIGKILL (the OOM killer, a unit's final kill)
+    # left it behind: 212 of them had piled up in /tmp on the machine this was found on.
+    # The next supervisor removes those of supervisors that no longer run.
+    path = tmp_path / "server_config.json"
+    write(path, drain_seconds=0.0)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    unrelated = tmp / "arraycrypto-workers-notapid-x"  # not ours to judge: kept
+    unrelated.mkdir()
+
+    def dirs() -> set[str]:
+        return {p.name for p in tmp.glob("arraycrypto-workers-*") if p != unrelated}
+
+    with ServeProcess("--config", str(path), "--workers", "2", env=env) as first:
+        await wait_for(lambda: first.output().count("listening on") == 2, timeout=20)
+        (killed,) = dirs()
+    # The context's exit SIGKILLed the supervisor and its workers: nothing cleaned up.
+    assert dirs() == {killed}
+    with ServeProcess("--config", str(path), "--workers", "2", env=env) as second:
+        await wait_for(lambda: second.output().count("listening on") == 2, timeout=20)
+        (own,) = dirs()
+        assert own != killed
+        second.signal(signal.SIGTERM)
+        assert second.wait(timeout=15) == 0
+    assert dirs() == set()  # a clean stop removes its own
+    assert unrelated.exists()
 
 
 async def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -44,6 +45,8 @@ __all__ = ["supervise", "worker_count"]
 logger = logging.getLogger("arraycrypto.supervisor")
 
 _RESTART_PAUSE_MAX: Final = 5.0  # seconds between restarts of a worker that keeps dying
+#: The workers' shared metrics directory, in the temp dir: ``<prefix><pid>-<random>``.
+_METRICS_PREFIX: Final = "arraycrypto-workers-"
 _STABLE: Final = 10.0  # a worker alive this long is healthy again: its pause resets
 
 
@@ -90,13 +93,39 @@ def supervise(args: argparse.Namespace) -> int:
             " machine: our workers would share it with its workers (SO_REUSEPORT) and new"
             " clients would land on either server; stop it first or use another port"
         ) from None
-    metrics_dir = tempfile.mkdtemp(prefix="arraycrypto-metrics-")
+    _remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
+    metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
     try:
         return anyio.run(_run, args, count, config.host, port, metrics_dir)
     finally:
         reserve.close()
         claim.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _remove_stale_metrics_dirs(root: Path) -> None:
+    """Remove the metrics directories of supervisors that no longer run.
+
+    A clean stop removes its own; a SIGKILL (the OOM killer, a unit's final kill) cannot.
+    Each name carries its supervisor's pid: a directory is removed only if it is this
+    user's, a real directory, and its pid runs no process (a reused pid keeps it: a
+    leftover is harmless, removing a live supervisor's is not).
+    """
+    for path in root.glob(f"{_METRICS_PREFIX}*-*"):
+        pid = path.name[len(_METRICS_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            info = path.lstat()
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            pass  # no such process: stale
+        except OSError:
+            continue  # gone already, or a process of another user's: leave it
+        else:
+            continue  # running
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _claim(port: int) -> socket.socket:
