@@ -173,6 +173,8 @@ async def test_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
     write(path)
     with ServeProcess("--config", str(path), "--workers", "2") as server:
         await wait_for(lambda: server.output().count("listening on") == 2, timeout=20)
+        # As a single server does (README): which file is in force, said once.
+        assert server.output().count(f"using config {path.resolve()}") == 1
         clients = [await RawClient.connect(server.port) for _ in range(40)]
         for client in clients:
             await client.handshake(Keyring(OLD))

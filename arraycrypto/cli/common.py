@@ -46,6 +46,16 @@ def load_server(args: argparse.Namespace, *, create: bool = True) -> ServerConfi
     return config
 
 
+def log_config_origin(path: Path, existed: bool) -> None:
+    """Say, once, which config file ``serve`` runs with (or that it made one, or none)."""
+    if existed:
+        logger.info("using config %s", path.resolve())
+    elif path.exists():
+        logger.info("created config %s", path.resolve())
+    else:
+        logger.info("no config file %s: using the environment", path.resolve())
+
+
 class CommandError(Exception):
     """Raised by a command to fail with one line on stderr and exit ``code``.
 

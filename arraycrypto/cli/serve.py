@@ -26,7 +26,14 @@ import anyio
 import anyio.abc
 
 from ..core.exceptions import ConfigError
-from .common import CommandError, apply_log_level, load_server, require_backend, setup_logging
+from .common import (
+    CommandError,
+    apply_log_level,
+    load_server,
+    log_config_origin,
+    require_backend,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -63,12 +70,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandError(str(exc), code=2) from None
     if args.worker is None:
-        if existed:
-            logger.info("using config %s", path.resolve())
-        elif path.exists():
-            logger.info("created config %s", path.resolve())
-        else:
-            logger.info("no config file %s: using the environment", path.resolve())
+        log_config_origin(path, existed)
     if args.log_level is None:  # the command line's level wins over the config's
         apply_log_level(config.log_level)
     # Process-wide settings are the application's, and this is the application.

@@ -38,7 +38,13 @@ import anyio
 import anyio.abc
 
 from ..core.exceptions import ConfigError
-from .common import CommandError, load_server, require_backend, setup_logging
+from .common import (
+    CommandError,
+    load_server,
+    log_config_origin,
+    require_backend,
+    setup_logging,
+)
 
 __all__ = ["supervise", "worker_count"]
 
@@ -67,6 +73,7 @@ def supervise(args: argparse.Namespace) -> int:
     """Run ``--workers`` workers until a signal stops them; 0 on a clean stop."""
     setup_logging(args.log_level, json_format=args.log_format == "json")
     require_backend(args.backend)
+    existed = Path(args.config).exists()
     try:
         count = worker_count(args.workers)
         config = load_server(args)  # creates the file once, before any worker could race to
@@ -93,6 +100,7 @@ def supervise(args: argparse.Namespace) -> int:
             " machine: our workers would share it with its workers (SO_REUSEPORT) and new"
             " clients would land on either server; stop it first or use another port"
         ) from None
+    log_config_origin(Path(args.config), existed)  # once: the workers do not repeat it
     _remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
     metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
     try:
