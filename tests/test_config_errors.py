@@ -77,3 +77,10 @@ def test_a_serve_that_fails_on_its_settings_creates_no_config(
     # A new secret written by a command that then refused to run is a secret nobody
     # asked for, and the next start would use it silently.
     assert not (tmp_path / "server_config.json").exists()
+
+
+def test_a_phrase_for_a_secret_says_how_to_make_one(tmp_path: Path) -> None:
+    # The original project's example secret, as a user copies it into a JSON file.
+    path = write(tmp_path / "c.json", server_url="http://127.0.0.1:1", secret_key="your_secret_key")
+    with pytest.raises(ConfigError, match=r"secret_key.*base64.*arraycrypto keygen"):
+        load_client_config(path)

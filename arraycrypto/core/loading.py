@@ -202,6 +202,9 @@ _UNKNOWN_FIELD: Final = re.compile(r"unknown field `([^`]+)`")
 
 def _with_hint(message: str, kind: type[_C]) -> str:
     """``message``, plus what an unknown field was probably meant to be."""
+    if message.startswith("Invalid base64") and "secret_key" in message:
+        # A phrase where a secret goes (the original project's example did that).
+        return f"{message}: secrets are base64 (`arraycrypto keygen` prints a random one)"
     found = _UNKNOWN_FIELD.search(message)
     if found is None:
         return message
