@@ -116,6 +116,22 @@ async def test_untrusted_certificate_is_refused(tls_files: tuple[Path, Path]) ->
         async with CryptoClient(config) as client:
             with pytest.raises(SnapshotError, match="no snapshot"):
                 await client.authenticate()
+            # The reason says what to do about it: a private CA goes in `ca_file`.
+            assert "certificate not trusted" in str(client.last_error)
+            assert "`ca_file`" in str(client.last_error)
+
+
+async def test_plain_http_to_a_tls_port_says_to_use_https(tls_files: tuple[Path, Path]) -> None:
+    pem, ca_file = tls_files
+    async with running_server(tls_server(pem)) as server:
+        assert server.port
+        config = tls_client(server.port, ca_file, snapshot_timeout=0.5, reconnect_max_delay=0.1)
+        config = msgspec.structs.replace(config, server_url=f"http://{HOST}:{server.port}")
+        async with CryptoClient(config) as client:
+            with pytest.raises(SnapshotError, match="no snapshot"):
+                await client.authenticate()
+            # It read as "did not receive a valid HTTP response", naming no cause.
+            assert "https://" in str(client.last_error), client.last_error
 
 
 async def test_plaintext_to_a_tls_port_does_not_hurt_others(

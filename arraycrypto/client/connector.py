@@ -68,7 +68,8 @@ def describe(exc: BaseException) -> str:
     if not isinstance(exc, ssl.SSLError) and isinstance(exc.__cause__, ssl.SSLError):
         exc = exc.__cause__  # anyio's TLS stream wraps the handshake's error
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {exc.verify_message}"
+        # The usual cause is a private CA: say where its certificate goes.
+        return f"TLS certificate not trusted: {exc.verify_message} (a private CA goes in `ca_file`)"
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.errno:

@@ -29,6 +29,7 @@ from typing import Final
 
 import msgspec
 from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidMessage
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -239,9 +240,11 @@ class ClientConnection:
     def _after_protocol(self, now: float, events: list[Event]) -> None:
         protocol = self._protocol
         if protocol.handshake_exc is not None and self.error is None:
-            self._fail(
-                ProtocolError(f"WebSocket upgrade failed: {protocol.handshake_exc}"), now, events
-            )
+            reason = f"WebSocket upgrade failed: {protocol.handshake_exc}"
+            if isinstance(protocol.handshake_exc, InvalidMessage) and not protocol.uri.secure:
+                # A TLS port answers a plain request with an alert or nothing, never HTTP.
+                reason += " (if the server uses TLS, its URL is https:// or wss://)"
+            self._fail(ProtocolError(reason), now, events)
         if (
             self.phase < ClientPhase.CLOSING
             and protocol.state is not State.OPEN
