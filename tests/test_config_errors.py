@@ -84,3 +84,8 @@ def test_a_phrase_for_a_secret_says_how_to_make_one(tmp_path: Path) -> None:
     path = write(tmp_path / "c.json", server_url="http://127.0.0.1:1", secret_key="your_secret_key")
     with pytest.raises(ConfigError, match=r"secret_key.*base64.*arraycrypto keygen"):
         load_client_config(path)
+
+
+def test_a_missing_client_config_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"No such file.*arraycrypto client-config"):
+        load_client_config(tmp_path / "client_config.json")

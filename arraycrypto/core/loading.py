@@ -153,7 +153,13 @@ def _build(
     env = env or {}
     from_env = _from_environment(kind, env)
     read = path is not None and (required or path.exists())
-    from_file = _read_file(path) if read and path is not None else {}
+    try:
+        from_file = _read_file(path) if read and path is not None else {}
+    except ConfigError as exc:
+        if kind is CryptoConfig and path is not None and not path.exists():
+            hint = "`arraycrypto client-config` writes one from the server's config"
+            raise ConfigError(f"{exc}: {hint}") from None
+        raise
     both = "give `secret_key` or `secret_key_file`, not both"
     if "secret_key" in from_file and "secret_key_file" in from_file:
         raise ConfigError(f"{path}: {both}")
