@@ -89,3 +89,52 @@ def test_a_phrase_for_a_secret_says_how_to_make_one(tmp_path: Path) -> None:
 def test_a_missing_client_config_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"No such file.*arraycrypto client-config"):
         load_client_config(tmp_path / "client_config.json")
+
+
+def test_a_server_config_without_its_secret_says_why_it_is_needed(tmp_path: Path) -> None:
+    # The README's table gives secret_key the default "fresh random": that is for a
+    # missing file, which serve creates; a file without one is refused, saying so.
+    path = write(tmp_path / "server_config.json", port=8001)
+    with pytest.raises(ConfigError, match=r"secret_key.*only a missing file.*keygen"):
+        load_server_config(path)
+
+
+def test_malformed_json_is_placed_by_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{\n  "server_url": "http://h:1",\n  "secret_key": "x",,\n}\n')
+    with pytest.raises(ConfigError, match=r"not valid JSON.*line 3, column 21"):
+        load_client_config(path)
+
+
+def test_a_mistyped_variable_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # An unknown field in a file is an error; in the environment, other programs'
+    # variables may share the prefix (the Kubernetes manifest's ARRAYCRYPTO_WORKERS), so
+    # one close to a real setting is warned about, and the others are left alone.
+    path = write(
+        tmp_path / "c.json", server_url="http://h:1", secret_key="QUJDREVGR0hJSktMTU5PUA=="
+    )
+    env = {"ARRAYCRYPTO_MAX_DRIF": "5", "ARRAYCRYPTO_WORKERS": "2"}
+    with caplog.at_level("WARNING", logger="arraycrypto"):
+        load_client_config(path, env=env)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("ARRAYCRYPTO_MAX_DRIF" in m and "ARRAYCRYPTO_MAX_DRIFT" in m for m in messages), (
+        messages
+    )
+    assert not any("WORKERS" in m for m in messages), messages
+
+
+def test_bare_command_shows_the_commands() -> None:
+    result = cli()
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    for command in ("serve", "encrypt", "decrypt", "client-config", "keygen"):
+        assert command in err, err
+
+
+def test_quiet_client_config_is_quiet(tmp_path: Path) -> None:
+    server = write(tmp_path / "server_config.json", secret_key="QUJDREVGR0hJSktMTU5PUA==")
+    out = tmp_path / "client_config.json"
+    result = cli("client-config", "--server-config", str(server), "--output", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+    assert result.stderr == b""

@@ -319,7 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for usage and configuration errors, 1 for failures at run time. A closed stdout
     (``arraycrypto watch | head -2``) ends the command quietly with 0.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        # No command at all: the commands, not only "the following arguments are required".
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
         sys.stdout.flush()

@@ -38,5 +38,6 @@ def run_client_config(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.output} exists; not overwriting it") from None
     except OSError as exc:
         raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
-    print(f"wrote {args.output} (mode 0600) for {url}", file=sys.stderr)
+    if args.log_level != "error":  # -q: errors only
+        print(f"wrote {args.output} (mode 0600) for {url}", file=sys.stderr)
     return 0

@@ -88,8 +88,22 @@ def _read_file(path: Path) -> dict[str, Any]:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        raise ConfigError(f"{path}: not valid JSON ({_placed(str(exc), raw)})") from None
     return data
+
+
+_AT_BYTE: Final = re.compile(r"\(byte (\d+)\)$")
+
+
+def _placed(message: str, raw: bytes) -> str:
+    """A decode error's byte offset as the line and column an editor shows."""
+    found = _AT_BYTE.search(message)
+    if found is None:
+        return message
+    at = min(int(found.group(1)), len(raw))
+    line = raw.count(b"\n", 0, at) + 1
+    column = at - (raw.rfind(b"\n", 0, at) + 1) + 1
+    return f"{message[: found.start()].rstrip()}, at line {line}, column {column}"
 
 
 def _from_environment(kind: type[_C], env: Mapping[str, str]) -> dict[str, Any]:
@@ -98,6 +112,7 @@ def _from_environment(kind: type[_C], env: Mapping[str, str]) -> dict[str, Any]:
     Numbers are parsed from text; a list is a JSON array or comma-separated values;
     secrets stay base64 text (the config checks them as it does a file's).
     """
+    _warn_near_misses(env)
     values: dict[str, Any] = {}
     for field in (*msgspec.structs.fields(kind), None):
         name, kind_of = ("secret_key_file", str) if field is None else (field.name, field.type)
@@ -123,6 +138,31 @@ def _from_environment(kind: type[_C], env: Mapping[str, str]) -> dict[str, Any]:
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{variable}: {exc}") from None
     return values
+
+
+def _warn_near_misses(env: Mapping[str, str]) -> None:
+    """Warn about ``ARRAYCRYPTO_*`` variables that look like a mistyped setting.
+
+    Not an error, as an unknown field in a file is: other tools may share the prefix
+    (the Kubernetes manifest passes ``ARRAYCRYPTO_WORKERS`` to ``--workers``). Only a
+    name close to a real one is named, and only names of neither config are checked (a
+    client's environment may hold the server's settings too).
+    """
+    known = {
+        name.upper()
+        for kind in (ServerConfig, CryptoConfig)
+        for name in (*(f.name for f in msgspec.structs.fields(kind)), "secret_key_file")
+    }
+    for variable in env:
+        name = variable.removeprefix(ENV_PREFIX)
+        if name == variable or name in known:
+            continue
+        # Compared without the prefix, which would make every pair look alike.
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        if close:
+            logger.warning(
+                "%s is not a setting (did you mean %s%s?): ignored", variable, ENV_PREFIX, close[0]
+            )
 
 
 def _read_secret_file(path: str) -> bytes:
@@ -208,6 +248,13 @@ _UNKNOWN_FIELD: Final = re.compile(r"unknown field `([^`]+)`")
 
 def _with_hint(message: str, kind: type[_C]) -> str:
     """``message``, plus what an unknown field was probably meant to be."""
+    if message.startswith("Object missing required field `secret_key`"):
+        if kind is ServerConfig:
+            return (
+                f"{message}: a server config file holds its secret (only a missing file is"
+                " created with a fresh one; `arraycrypto keygen` prints one)"
+            )
+        return f"{message} (`arraycrypto client-config` copies the server's)"
     if message.startswith("Invalid base64") and "secret_key" in message:
         # A phrase where a secret goes (the original project's example did that).
         return f"{message}: secrets are base64 (`arraycrypto keygen` prints a random one)"
