@@ -28,11 +28,12 @@ FORBIDDEN = {
     "h11",
     "httpx",
 }
-# websockets' Sans-I/O layer (framing, the HTTP upgrade, URIs) is pure and the core's
-# connection objects wrap it; its I/O implementations are not.
+# websockets' Sans-I/O layer (framing, the HTTP upgrade, URIs, its exception classes)
+# is pure and the core's connection objects wrap it; its I/O implementations are not.
 WEBSOCKETS_SANS_IO = {
     "websockets.client",
     "websockets.datastructures",
+    "websockets.exceptions",
     "websockets.frames",
     "websockets.http11",
     "websockets.protocol",
