@@ -12,6 +12,7 @@ One code path for asyncio and trio. Every protocol rule lives in the pure core
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -54,6 +55,28 @@ _DRAIN_SPREAD: Final = 0.6
 _LAG_PERIOD: Final = 0.5
 
 
+def count_tasks() -> int:
+    """The tasks in the running event loop: ``len(anyio.get_running_tasks())``, cheaper.
+
+    anyio builds a TaskInfo for every task, and each worker reads this gauge every
+    second for its metrics file: at 5 000 connections (a task each) that was a tenth of
+    the worker's CPU. Counting needs no TaskInfo.
+    """
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no asyncio loop running: trio
+        import trio
+
+        root = trio.lowlevel.current_root_task()
+        count, stack = 0, [] if root is None else [root]
+        while stack:
+            task = stack.pop()
+            count += 1
+            for nursery in task.child_nurseries:
+                stack.extend(nursery.child_tasks)
+        return count
+
+
 def _restart_value(config: ServerConfig, field: str) -> object:
     if field == "tls":
         return config.tls_certfile is not None
@@ -92,7 +115,7 @@ class Server:
             self.metrics,
             Routes(snapshot=self._snapshot, health=self._health, metrics=self._render_metrics),
         )
-        self.metrics.gauges["tasks"] = lambda: len(anyio.get_running_tasks())
+        self.metrics.gauges["tasks"] = count_tasks
         self.metrics.gauges["event_loop_lag_seconds_max"] = lambda: self.metrics.loop_lag.value(
             time.monotonic()
         )
