@@ -10,6 +10,8 @@ run:
   processes on its port: the reference;
 - ``two``: two independent in-process servers on two ports, one client process each:
   the best split two processes can show here, with nothing shared;
+- ``shared``: the same two servers on one port with SO_REUSEPORT, as workers share it
+  (each client process's connections spread over both), and no supervisor;
 - ``w1``, ``w2``: ``arraycrypto serve --workers 1`` and ``--workers 2`` (the CLI: for 2,
   a supervisor and two workers on one port with SO_REUSEPORT; the kernel spreads each
   client process's connections over both workers).
@@ -34,10 +36,11 @@ import time
 from typing import Any
 
 from scripts.bench_fanout import MODULE, _workers_server
+from scripts.fanout_children import SHARED_PORT_ENV
 from tests.harness.light import end, raise_fd_limit, read_tagged, spawn
 from tests.harness.proc import children
 
-MODES = ("one", "two", "w1", "w2")
+MODES = ("one", "two", "shared", "w1", "w2")
 TICK = 1.0
 
 
@@ -60,6 +63,19 @@ def run(mode: str, clients: int, ticks: int) -> dict[str, float]:
                 served = _workers_server(int(mode[1]), TICK, tmp)
                 ports = [served.port, served.port]
                 pids = [served.pid, *children(served.pid)]
+            elif mode == "shared":
+                port = 0
+                for _ in range(2):
+                    os.environ[SHARED_PORT_ENV] = str(port)  # the first picks, the second joins
+                    try:
+                        servers.append(
+                            spawn(MODULE, "_server", "arraycrypto", str(TICK), "asyncio")
+                        )
+                    finally:
+                        del os.environ[SHARED_PORT_ENV]
+                    port = int(read_tagged(servers[-1], "PORT", 60))
+                ports = [port, port]
+                pids = [s.pid for s in servers]
             else:
                 for _ in range(2 if mode == "two" else 1):
                     servers.append(spawn(MODULE, "_server", "arraycrypto", str(TICK), "asyncio"))

@@ -24,6 +24,9 @@ from tests.harness.light import connect_light, raise_fd_limit
 
 # Set by the parent for --tls: a directory with cert.pem, key.pem (server) and ca.pem.
 TLS_DIR_ENV = "BENCH_FANOUT_TLS_DIR"
+# Set by scripts/bench_split.py: listen with SO_REUSEPORT on this port (0: pick one), so
+# independent servers share a port the way `serve --workers` does, without a supervisor.
+SHARED_PORT_ENV = "BENCH_FANOUT_SHARED_PORT"
 
 
 def tls_files() -> dict[str, str] | None:
@@ -58,7 +61,7 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = 
     config = ServerConfig(
         secret_key=SECRET,
         host=HOST,
-        port=0,
+        port=int(os.environ.get(SHARED_PORT_ENV, "0")),
         tick_interval=interval,
         # As many as the fd limit allows (a config above it only logs a warning).
         max_connections=resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 100,
@@ -74,7 +77,7 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = 
     async def main() -> None:
         server = Server(config)
         async with anyio.create_task_group() as tg:
-            port = await tg.start(server.run)
+            port = await tg.start(server.run, SHARED_PORT_ENV in os.environ)
             if policy == "paced":  # the collector policy `arraycrypto serve` runs
                 tg.start_soon(pace_gc)
             elif policy == "frozen":
