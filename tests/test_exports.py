@@ -180,3 +180,13 @@ def test_no_import_circles() -> None:
 
     for module in sorted(arrows):
         visit(module, [])
+
+
+@pytest.mark.parametrize("name", ["encrypt_message", "decrypt_message"])
+def test_the_async_hot_paths_make_no_closure_cells(name: str) -> None:
+    # A lambda for the rare offload to a thread captured the arguments, and a captured
+    # variable is a cell made on every call, the hot path's included: four cells were
+    # the 0.1-0.2 µs that encrypt_message had over version 1's.
+    from arraycrypto.client import CryptoClient
+
+    assert getattr(CryptoClient, name).__code__.co_cellvars == ()

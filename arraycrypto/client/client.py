@@ -10,6 +10,7 @@ the client knows of its connection (state, errors, waiters, watchers) is
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -277,9 +278,10 @@ class CryptoClient:
         cipher = self._fresh() or await self._wait_cipher(across_attempts=False)
         expires_at = None if expires_in is None else self._expiry(expires_in)
         if len(data) >= OFFLOAD_SIZE:
-            return await anyio.to_thread.run_sync(
-                lambda: cipher.encrypt_chunked(data, associated_data, expires_at=expires_at)
-            )
+            # partial, not a lambda: a lambda's captured variables would be cells made
+            # on every call, the hot path above included (tests/test_exports.py).
+            chunked = functools.partial(cipher.encrypt_chunked, expires_at=expires_at)
+            return await anyio.to_thread.run_sync(chunked, data, associated_data)
         return cipher.encrypt(data, associated_data, expires_at=expires_at)
 
     async def current_cipher(self) -> SnapshotCipher:
@@ -341,9 +343,8 @@ class CryptoClient:
     ) -> bytes:
         """Decrypt ``data`` and return ``bytes``; see :meth:`decrypt`."""
         if len(data) >= OFFLOAD_SIZE:
-            return await anyio.to_thread.run_sync(
-                lambda: self.decrypt(data, associated_data, ttl=ttl, chunked=True)
-            )
+            chunked = functools.partial(self.decrypt, ttl=ttl, chunked=True)  # no cells
+            return await anyio.to_thread.run_sync(chunked, data, associated_data)
         return self.decrypt(data, associated_data, ttl=ttl)
 
     def watch(self) -> SnapshotWatch:
