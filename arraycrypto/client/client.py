@@ -345,7 +345,12 @@ class CryptoClient:
         if len(data) >= OFFLOAD_SIZE:
             chunked = functools.partial(self.decrypt, ttl=ttl, chunked=True)  # no cells
             return await anyio.to_thread.run_sync(chunked, data, associated_data)
-        return self.decrypt(data, associated_data, ttl=ttl)
+        # Straight to the keyring, as decrypt() does, without its call (0.1-0.2 us here).
+        now_ms = int(self._clock() * 1000)
+        max_drift = self.config.max_drift
+        return self.keyring.decrypt(
+            data, associated_data, ttl=ttl, now_ms=now_ms, max_drift=max_drift
+        )
 
     def watch(self) -> SnapshotWatch:
         """Return an async iterator over verified snapshots as they arrive.
