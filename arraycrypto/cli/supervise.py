@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
 import socket
 import stat
+import struct
 import sys
 import tempfile
 import time
@@ -93,7 +95,7 @@ def supervise(args: argparse.Namespace) -> int:
     port = reserve.getsockname()[1]
     try:
         claim = _claim(port)
-    except OSError:
+    except _PortTaken:
         reserve.close()
         raise CommandError(
             f"port {port} is already served by another arraycrypto supervisor on this"
@@ -107,7 +109,8 @@ def supervise(args: argparse.Namespace) -> int:
         return anyio.run(_run, args, count, config.host, port, metrics_dir)
     finally:
         reserve.close()
-        claim.close()
+        if claim is not None:
+            claim.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
@@ -121,38 +124,62 @@ def _remove_stale_metrics_dirs(root: Path) -> None:
     """
     for path in root.glob(f"{_METRICS_PREFIX}*-*"):
         pid = path.name[len(_METRICS_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit():
+        # Anyone can make a directory here: check it is ours before its name is used.
+        if not (pid.isdigit() and 0 < int(pid) < 2**22):  # Linux's pid_max at most
             continue
         try:
             info = path.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            pass  # no such process: stale
+            shutil.rmtree(path, ignore_errors=True)  # no such process: stale
         except OSError:
-            continue  # gone already, or a process of another user's: leave it
-        else:
-            continue  # running
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
-            shutil.rmtree(path, ignore_errors=True)
+            continue  # a process of another user's holds that pid now: leave it
 
 
-def _claim(port: int) -> socket.socket:
-    """Claim ``port`` for this supervisor alone; OSError if another one holds it.
+class _PortTaken(Exception):
+    """Another supervisor of this user's serves the port."""
+
+
+def _claim(port: int) -> socket.socket | None:
+    """Claim ``port`` for this supervisor alone; raise _PortTaken if another one holds it.
 
     SO_REUSEPORT lets any process of the same user join the port's group, so the
     reservation above does not stop a second supervisor (another secret, another
-    deployment) from sharing the port. This claim does: a Unix socket in Linux's
-    abstract namespace, one name per port, which only one process can bind and which
-    the kernel releases when that process ends however it ends (no file left behind
-    by a SIGKILL). Abstract names belong to the network namespace, as ports do.
+    deployment) from sharing the port. This claim does: a listening Unix socket in
+    Linux's abstract namespace, one name per port (not per address: a wildcard and a
+    specific address on one port would split the clients as well), which only one
+    process can bind and which the kernel releases when that process ends however it
+    ends (no file left behind by a SIGKILL). Abstract names belong to the network
+    namespace, as ports do. The name taken by another user's process (who could never
+    join our group) does not count: its owner is asked with SO_PEERCRED. Where there is
+    no abstract namespace the supervisor goes on without a claim (None).
     """
+    name = f"\0arraycrypto-supervisor-port-{port}"
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        claim.bind(f"\0arraycrypto-supervisor-port-{port}")
-    except OSError:
+        claim.bind(name)
+        claim.listen(1)
+        return claim
+    except OSError as exc:
         claim.close()
-        raise
-    return claim
+        if exc.errno != errno.EADDRINUSE:
+            logger.debug("no port claim (%s): going on without one", exc.strerror)
+            return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(name)
+            creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            raise _PortTaken from None  # held, and its holder does not answer
+    _, uid, _ = struct.unpack("3i", creds)
+    if uid == os.getuid():
+        raise _PortTaken
+    return None  # another user's name: that user's workers could never join our port
 
 
 async def _run(args: argparse.Namespace, count: int, host: str, port: int, metrics_dir: str) -> int:
