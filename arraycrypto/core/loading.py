@@ -102,7 +102,8 @@ def _placed(message: str, raw: bytes) -> str:
         return message
     at = min(int(found.group(1)), len(raw))
     line = raw.count(b"\n", 0, at) + 1
-    column = at - (raw.rfind(b"\n", 0, at) + 1) + 1
+    start = raw.rfind(b"\n", 0, at) + 1
+    column = len(raw[start:at].decode("utf-8", "replace")) + 1  # characters, as an editor counts
     return f"{message[: found.start()].rstrip()}, at line {line}, column {column}"
 
 
@@ -140,6 +141,9 @@ def _from_environment(kind: type[_C], env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+_warned_variables: set[str] = set()
+
+
 def _warn_near_misses(env: Mapping[str, str]) -> None:
     """Warn about ``ARRAYCRYPTO_*`` variables that look like a mistyped setting.
 
@@ -159,7 +163,8 @@ def _warn_near_misses(env: Mapping[str, str]) -> None:
             continue
         # Compared without the prefix, which would make every pair look alike.
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-        if close:
+        if close and variable not in _warned_variables:
+            _warned_variables.add(variable)  # once a process, not at every (re)load
             logger.warning(
                 "%s is not a setting (did you mean %s%s?): ignored", variable, ENV_PREFIX, close[0]
             )
@@ -196,7 +201,7 @@ def _build(
     try:
         from_file = _read_file(path) if read and path is not None else {}
     except ConfigError as exc:
-        if kind is CryptoConfig and path is not None and not path.exists():
+        if kind is CryptoConfig and path is not None and not os.path.lexists(path):
             hint = "`arraycrypto client-config` writes one from the server's config"
             raise ConfigError(f"{exc}: {hint}") from None
         raise
@@ -269,12 +274,22 @@ def _with_hint(message: str, kind: type[_C]) -> str:
     if name in {f.name for f in msgspec.structs.fields(other)} - ours:
         if kind is CryptoConfig:
             return (
-                f"{message}: this is a server's config, not a client's"
+                f"{message}: `{name}` is a server setting: is this a server's config?"
                 " (`arraycrypto client-config` writes a client's from it)"
             )
-        return f"{message}: this is a client's config, not a server's"
+        return f"{message}: `{name}` is a client setting: is this a client's config?"
     close = difflib.get_close_matches(name, sorted(ours), n=1)
     return f"{message}: did you mean `{close[0]}`?" if close else message
+
+
+def _check_environment(env: Mapping[str, str]) -> None:
+    """Raise ConfigError if ``env``'s settings would not make a valid server config."""
+    values = _from_environment(ServerConfig, env)
+    try:
+        msgspec.convert({**values, "secret_key": _FRESH}, type=ServerConfig)
+    except msgspec.ValidationError as exc:
+        variables = ", ".join(ENV_PREFIX + name.upper() for name in values)
+        raise ConfigError(f"the environment ({variables}): {exc}") from None
 
 
 def load_client_config(
@@ -309,9 +324,7 @@ def load_server_config(
     if p is not None and create and not from_env and not p.exists():
         # The environment is checked first, against the file about to be made: a start
         # that fails on a bad variable leaves no new secret on disk for the next one.
-        _build(
-            ServerConfig, None, {**(env or {}), ENV_PREFIX + "SECRET_KEY": _FRESH}, required=False
-        )
+        _check_environment(env or {})
         try:
             save_config(p, ServerConfig(secret_key=generate_secret()), exclusive=True)
         except FileExistsError:
