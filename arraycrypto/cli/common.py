@@ -21,6 +21,7 @@ __all__ = [
     "client_main",
     "fail",
     "load_server",
+    "log_config_origin",
     "quiet_exit_on_closed_stdout",
     "require_backend",
     "setup_logging",

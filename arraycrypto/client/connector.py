@@ -57,6 +57,11 @@ class ConnectionFailed(Exception):
     """Why one attempt failed, in words an operator can act on."""
 
 
+#: OpenSSL's verify codes for "no trusted issuer": self-signed, issuer unknown, or a
+#: self-signed certificate in the chain (not an expired or misnamed one).
+_UNKNOWN_ISSUER: Final = frozenset({18, 19, 20})
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason for a failed attempt: the cause anyio's summary hides."""
     # connect_tcp raises OSError("All connection attempts failed") from the real causes.
@@ -68,8 +73,10 @@ def describe(exc: BaseException) -> str:
     if not isinstance(exc, ssl.SSLError) and isinstance(exc.__cause__, ssl.SSLError):
         exc = exc.__cause__  # anyio's TLS stream wraps the handshake's error
     if isinstance(exc, ssl.SSLCertVerificationError):
-        # The usual cause is a private CA: say where its certificate goes.
-        return f"TLS certificate not trusted: {exc.verify_message} (a private CA goes in `ca_file`)"
+        reason = f"TLS certificate not trusted: {exc.verify_message}"
+        if exc.verify_code in _UNKNOWN_ISSUER:  # a private CA, most likely: say where it goes
+            reason += " (a private CA's certificate goes in `ca_file`)"
+        return reason
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.errno:

@@ -18,6 +18,7 @@ import json
 import logging
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,7 @@ _DRAIN_SPREAD: Final = 0.6
 _LAG_PERIOD: Final = 0.5
 
 
-def count_tasks() -> int:
+def _count_tasks() -> int:
     """The tasks in the running event loop: ``len(anyio.get_running_tasks())``, cheaper.
 
     anyio builds a TaskInfo for every task, and each worker reads this gauge every
@@ -64,17 +65,22 @@ def count_tasks() -> int:
     """
     try:
         return len(asyncio.all_tasks())
-    except RuntimeError:  # no asyncio loop running: trio
-        import trio
-
+    except RuntimeError:  # no asyncio loop running here: trio's, if any
+        pass
+    trio = sys.modules.get("trio")  # loaded, if trio runs this loop
+    if trio is None:
+        return 0
+    try:
         root = trio.lowlevel.current_root_task()
-        count, stack = 0, [] if root is None else [root]
-        while stack:
-            task = stack.pop()
-            count += 1
-            for nursery in task.child_nurseries:
-                stack.extend(nursery.child_tasks)
-        return count
+    except RuntimeError:
+        return 0
+    count, stack = 0, [] if root is None else [root]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 def _restart_value(config: ServerConfig, field: str) -> object:
@@ -115,7 +121,7 @@ class Server:
             self.metrics,
             Routes(snapshot=self._snapshot, health=self._health, metrics=self._render_metrics),
         )
-        self.metrics.gauges["tasks"] = count_tasks
+        self.metrics.gauges["tasks"] = _count_tasks
         self.metrics.gauges["event_loop_lag_seconds_max"] = lambda: self.metrics.loop_lag.value(
             time.monotonic()
         )
