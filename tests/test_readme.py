@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -33,18 +34,16 @@ def test_the_package_pip_installs_is_whole(tmp_path: Path) -> None:
     # The quick start's `pip install .` installs a wheel, not this source tree (the suite
     # itself runs from an editable install, which sees every file). A wheel holding only
     # the top-level package made the first command end in ModuleNotFoundError.
+    # Built from a copy of what a clean clone holds: building in this tree would let a
+    # stale build/lib (left by an earlier build) fill in what the package list misses.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "arraycrypto", source / "arraycrypto", ignore=skip)
     build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--quiet",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
