@@ -63,7 +63,7 @@ MODULE = "scripts.bench_fanout"  # children run as `python -m scripts.bench_fano
 # -- orchestration (parent process) ----------------------------------------------------------
 
 
-def _workers_server(workers: int, interval: float, tmp: str) -> ServeProcess:
+def workers_server(workers: int, interval: float, tmp: str) -> ServeProcess:
     """``arraycrypto serve --workers N`` (the CLI) with the in-process server's settings."""
     tls = tls_files()
     path = os.path.join(tmp, "server_config.json")
@@ -103,7 +103,7 @@ def measure(mode: str, n: int, ticks: int, interval: float, loop: str) -> dict[s
     with tempfile.TemporaryDirectory() as tmp:
         try:
             if workers:
-                served = _workers_server(workers, interval, tmp)
+                served = workers_server(workers, interval, tmp)
                 port = served.port
                 pids = [served.pid, *children(served.pid)]
             else:
@@ -128,6 +128,11 @@ def measure(mode: str, n: int, ticks: int, interval: float, loop: str) -> dict[s
             end(client, child)
             if served is not None:
                 served.stop()
+
+
+def safe_ratio(ours: float, theirs: float) -> float:
+    """``ours / theirs``; NaN where ``theirs`` read 0 (a tiny run under the clock's tick)."""
+    return ours / theirs if theirs else float("nan")
 
 
 def median_row(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,10 +236,10 @@ def main() -> int:
         for mode in ours_modes:
             ours = by[(mode, n)]
             ratios.setdefault(mode, {})[str(n)] = {
-                "cpu": ours["cpu_ms_per_tick"] / base["cpu_ms_per_tick"],
-                "p99": ours["p99_ms"] / base["p99_ms"],
-                "rss": ours["rss_kib_per_conn"] / base["rss_kib_per_conn"],
-                "connect": ours["connect_s"] / base["connect_s"],
+                "cpu": safe_ratio(ours["cpu_ms_per_tick"], base["cpu_ms_per_tick"]),
+                "p99": safe_ratio(ours["p99_ms"], base["p99_ms"]),
+                "rss": safe_ratio(ours["rss_kib_per_conn"], base["rss_kib_per_conn"]),
+                "connect": safe_ratio(ours["connect_s"], base["connect_s"]),
             }
     # Workers against one process: the same CPU for the same work, a faster connect storm.
     # Workers against one worker of the same CLI: the same CPU for the same work (the
@@ -247,9 +252,9 @@ def main() -> int:
             for n in args.clients:
                 one, many = by[("arraycrypto-w1", n)], by[(mode, n)]
                 scaling.setdefault(mode, {})[str(n)] = {
-                    "cpu": many["cpu_ms_per_tick"] / one["cpu_ms_per_tick"],
-                    "p99": many["p99_ms"] / one["p99_ms"],
-                    "connect": many["connect_s"] / one["connect_s"],
+                    "cpu": safe_ratio(many["cpu_ms_per_tick"], one["cpu_ms_per_tick"]),
+                    "p99": safe_ratio(many["p99_ms"], one["p99_ms"]),
+                    "connect": safe_ratio(many["connect_s"], one["connect_s"]),
                 }
     if args.json:
         print(

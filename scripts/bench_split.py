@@ -35,7 +35,7 @@ import tempfile
 import time
 from typing import Any
 
-from scripts.bench_fanout import MODULE, _workers_server
+from scripts.bench_fanout import MODULE, safe_ratio, workers_server
 from scripts.fanout_children import SHARED_PORT_ENV
 from tests.harness.light import end, raise_fd_limit, read_tagged, spawn
 from tests.harness.proc import children
@@ -60,7 +60,7 @@ def run(mode: str, clients: int, ticks: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             if mode in ("w1", "w2"):
-                served = _workers_server(int(mode[1]), TICK, tmp)
+                served = workers_server(int(mode[1]), TICK, tmp)
                 ports = [served.port, served.port]
                 pids = [served.pid, *children(served.pid)]
             elif mode == "shared":
@@ -114,6 +114,7 @@ def run(mode: str, clients: int, ticks: int) -> dict[str, float]:
 
 
 def main() -> int:
+    """Run every mode ``--runs`` times, alternating, and print the medians' table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
@@ -137,12 +138,12 @@ def main() -> int:
     for mode, row in rows.items():
         print(
             f"{mode:>6} {row['user_ms']:10.1f} {row['system_ms']:9.1f} {row['cpu_ms']:9.1f}"
-            f" {row['cpu_ms'] / rows['one']['cpu_ms']:6.2f}x {row['p99_ms']:7.1f}"
+            f" {safe_ratio(row['cpu_ms'], rows['one']['cpu_ms']):6.2f}x {row['p99_ms']:7.1f}"
             f" {row['connect_s']:9.2f} {row['delivered']:9.1%}"
         )
     print(
-        f"w2 vs w1: CPU {rows['w2']['cpu_ms'] / rows['w1']['cpu_ms']:.2f}x,"
-        f" connect {rows['w2']['connect_s'] / rows['w1']['connect_s']:.2f}x"
+        f"w2 vs w1: CPU {safe_ratio(rows['w2']['cpu_ms'], rows['w1']['cpu_ms']):.2f}x,"
+        f" connect {safe_ratio(rows['w2']['connect_s'], rows['w1']['connect_s']):.2f}x"
     )
     return 0
 

@@ -52,6 +52,7 @@ def make_tls_dir(tls_dir: str) -> None:
 
 
 def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = "paced") -> None:
+    """``arraycrypto.Server`` in this process, with the collector policy ``policy``."""
     import anyio
 
     from arraycrypto.server import Server
@@ -88,6 +89,7 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = 
 
 
 def run_baseline_server(interval: float, uvloop: bool = False) -> None:
+    """websockets' own ``serve()`` and ``broadcast()`` of a same-size snapshot each tick."""
     import websockets
     from websockets.asyncio.server import ServerConnection, serve
 
@@ -161,6 +163,7 @@ def run_baseline_server(interval: float, uvloop: bool = False) -> None:
 
 
 async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
+    """Connect ``n`` light clients, record ``ticks`` ticks' latencies, print the result."""
     raise_fd_limit()
     tls = tls_files()
     ssl_context = ssl.create_default_context(cafile=tls["ca"]) if tls else None

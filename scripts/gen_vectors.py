@@ -3,7 +3,8 @@
     python -m scripts.gen_vectors          # rewrite tests/vectors/*.json
     python -m scripts.gen_vectors --check  # exit 1 if the files differ from a fresh run
 
-Every input is a constant in this file, so the output is deterministic. The vectors are
+Every input is a constant here, in vector_inputs.py or in vectors_v2.py, so the output
+is deterministic. The vectors are
 for implementers of PROTOCOL.md in other languages; tests/test_vectors.py checks that our
 Python reproduces every valid vector and rejects every invalid one as documented.
 """

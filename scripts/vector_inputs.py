@@ -17,6 +17,7 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 
 
 def snap(secret: bytes, tick: int = 7, ts: int = T0, size: int = 16) -> Snapshot:
+    """A snapshot of ``secret`` with a fixed seed."""
     return Keyring(secret).new_snapshot(tick, bytes(range(16, 32)), ts, size)
 
 
@@ -35,8 +36,10 @@ def invalid_rows(invalid: list[tuple[str, bytes, dict[str, Any]]]) -> list[dict[
 
 
 def flip(data: bytes, i: int, bit: int = 1) -> bytes:
+    """``data`` with bit ``bit`` of byte ``i`` flipped."""
     return data[:i] + bytes([data[i] ^ bit]) + data[i + 1 :]
 
 
 def set_byte(data: bytes, i: int, value: int) -> bytes:
+    """``data`` with byte ``i`` set to ``value``."""
     return data[:i] + bytes([value]) + data[i + 1 :]

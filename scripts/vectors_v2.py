@@ -40,6 +40,8 @@ def _split(token: bytes, segment_size: int = 1024, sig: int = 16) -> tuple[bytes
 
 
 def envelopes_v2() -> dict[str, Any]:
+    """The envelope v2 vectors: valid, invalid and time cases."""
+
     def case(description: str, token: bytes, secret: bytes, pt: bytes, **extra: Any) -> Any:
         return {
             "description": description,
