@@ -38,23 +38,21 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from typing import Any
 
-from arraycrypto import ServerConfig, save_config
+from arraycrypto import save_config
 from scripts.fanout_children import (
     TLS_DIR_ENV,
+    bench_config,
     make_tls_dir,
     run_arraycrypto_server,
     run_baseline_server,
     run_clients,
-    tls_files,
 )
-from tests.harness.constants import HOST, SECRET
 from tests.harness.light import end, raise_fd_limit, read_tagged, spawn
 from tests.harness.proc import children, cpu_seconds, rss_kib
 from tests.harness.servers import ServeProcess
@@ -65,23 +63,8 @@ MODULE = "scripts.bench_fanout"  # children run as `python -m scripts.bench_fano
 
 def workers_server(workers: int, interval: float, tmp: str) -> ServeProcess:
     """``arraycrypto serve --workers N`` (the CLI) with the in-process server's settings."""
-    tls = tls_files()
     path = os.path.join(tmp, "server_config.json")
-    save_config(
-        path,
-        ServerConfig(
-            secret_key=SECRET,
-            host=HOST,
-            port=0,
-            tick_interval=interval,
-            max_connections=resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 100,
-            handshake_timeout=60,
-            ping_interval=60,
-            ping_timeout=60,
-            tls_certfile=tls["cert"] if tls else None,
-            tls_keyfile=tls["key"] if tls else None,
-        ),
-    )
+    save_config(path, bench_config(interval))
     server = ServeProcess("--config", path, "--workers", str(workers))
     server.start()
     deadline = time.monotonic() + 60

@@ -51,18 +51,13 @@ def make_tls_dir(tls_dir: str) -> None:
 # -- servers (child process) ---------------------------------------------------------------
 
 
-def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = "paced") -> None:
-    """``arraycrypto.Server`` in this process, with the collector policy ``policy``."""
-    import anyio
-
-    from arraycrypto.server import Server
-    from arraycrypto.server.tuning import keep_frozen, pace_gc, tune_process
-
+def bench_config(interval: float, port: int = 0) -> ServerConfig:
+    """The benchmark's server config (in process or the CLI's): long waits, TLS if set."""
     tls = tls_files()
-    config = ServerConfig(
+    return ServerConfig(
         secret_key=SECRET,
         host=HOST,
-        port=int(os.environ.get(SHARED_PORT_ENV, "0")),
+        port=port,
         tick_interval=interval,
         # As many as the fd limit allows (a config above it only logs a warning).
         max_connections=resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 100,
@@ -72,6 +67,16 @@ def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = 
         tls_certfile=tls["cert"] if tls else None,
         tls_keyfile=tls["key"] if tls else None,
     )
+
+
+def run_arraycrypto_server(interval: float, uvloop: bool = False, policy: str = "paced") -> None:
+    """``arraycrypto.Server`` in this process, with the collector policy ``policy``."""
+    import anyio
+
+    from arraycrypto.server import Server
+    from arraycrypto.server.tuning import keep_frozen, pace_gc, tune_process
+
+    config = bench_config(interval, port=int(os.environ.get(SHARED_PORT_ENV, "0")))
 
     tune_process(config.max_connections, policy)  # as `arraycrypto serve` does
 

@@ -141,6 +141,11 @@ def _from_environment(kind: type[_C], env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def _settings(kind: type[ServerConfig | CryptoConfig]) -> set[str]:
+    """The names a config of ``kind`` may set: its fields, and ``secret_key_file``."""
+    return {f.name for f in msgspec.structs.fields(kind)} | {"secret_key_file"}
+
+
 _warned_variables: set[str] = set()
 
 
@@ -152,11 +157,7 @@ def _warn_near_misses(env: Mapping[str, str]) -> None:
     name close to a real one is named, and only names of neither config are checked (a
     client's environment may hold the server's settings too).
     """
-    known = {
-        name.upper()
-        for kind in (ServerConfig, CryptoConfig)
-        for name in (*(f.name for f in msgspec.structs.fields(kind)), "secret_key_file")
-    }
+    known = {name.upper() for name in _settings(ServerConfig) | _settings(CryptoConfig)}
     for variable in env:
         name = variable.removeprefix(ENV_PREFIX)
         if name == variable or name in known:
@@ -267,11 +268,11 @@ def _with_hint(message: str, kind: type[_C]) -> str:
     if found is None:
         return message
     name = found.group(1)
-    ours = {f.name for f in msgspec.structs.fields(kind)} | {"secret_key_file"}
+    ours = _settings(kind)
     other: type[ServerConfig | CryptoConfig] = (
         ServerConfig if kind is CryptoConfig else CryptoConfig
     )
-    if name in {f.name for f in msgspec.structs.fields(other)} - ours:
+    if name in _settings(other) - ours:
         if kind is CryptoConfig:
             return (
                 f"{message}: `{name}` is a server setting: is this a server's config?"
