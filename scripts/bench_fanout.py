@@ -20,9 +20,10 @@ For each N, in the same run and with the same hand-made clients (another process
   supervisor when N > 1); CPU and RSS are summed over all its processes, and every
   ``wN`` is compared with ``w1``.
 
-The clients speak raw WebSocket over asyncio protocols (light enough for 10 000 in one
-process), do the real challenge-response handshake, and record arrival time minus the
-``timestamp`` in each push. The parent process samples the server's CPU time and RSS
+The clients speak raw WebSocket on one epoll loop (tests/harness/epoll_clients.py: light
+enough for 10 000 in one process, and cheap enough to leave the server its cores; over
+TLS, asyncio protocols), do the real challenge-response handshake, and record arrival
+time minus the ``timestamp`` in each push. The parent process samples the server's CPU time and RSS
 from /proc. Reported per N and server: p50/p99/max delivery latency, server CPU ms per
 tick, server RSS KiB per connection, seconds to connect and authenticate all N.
 With ``--tls`` both servers speak wss with a certificate from a throwaway ``trustme``
@@ -35,7 +36,6 @@ Only 127.0.0.1 is used; every process started is ended.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -167,7 +167,7 @@ def main() -> int:
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "_clients":
         port, n, ticks, tick_s = sys.argv[2:6]
-        asyncio.run(run_clients(int(port), int(n), int(ticks), float(tick_s)))
+        run_clients(int(port), int(n), int(ticks), float(tick_s))
         return 0
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

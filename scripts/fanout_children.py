@@ -1,4 +1,4 @@
-"""The child processes of scripts/bench_fanout.py: the two servers and the light clients.
+"""The child processes of scripts/bench_fanout.py: the two servers and the clients.
 
 Each runs in its own process, started by the parent as
 ``python -m scripts.bench_fanout _server MODE INTERVAL LOOP`` or
@@ -20,7 +20,8 @@ from typing import Any
 from arraycrypto import Keyring, ServerConfig
 from arraycrypto.core import messages as m
 from tests.harness.constants import HOST, SECRET
-from tests.harness.light import connect_light, raise_fd_limit
+from tests.harness.epoll_clients import EpollClients
+from tests.harness.light import ClientBench, connect_light, raise_fd_limit
 
 # Set by the parent for --tls: a directory with cert.pem, key.pem (server) and ca.pem.
 TLS_DIR_ENV = "BENCH_FANOUT_TLS_DIR"
@@ -164,14 +165,37 @@ def run_baseline_server(interval: float, uvloop: bool = False) -> None:
         asyncio.run(main())
 
 
-# -- light clients (child process) -----------------------------------------------------------
+# -- clients (child process) ---------------------------------------------------------------
 
 
-async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
-    """Connect ``n`` light clients, record ``ticks`` ticks' latencies, print the result."""
+def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
+    """Connect ``n`` clients, record ``ticks`` ticks' latencies, print the result.
+
+    Plain TCP: the epoll clients (about half the CPU of asyncio's, so that the client
+    process leaves the server its cores); TLS: the asyncio light clients.
+    """
     raise_fd_limit()
     tls = tls_files()
-    ssl_context = ssl.create_default_context(cafile=tls["ca"]) if tls else None
+    if tls:
+        asyncio.run(_run_tls_clients(port, n, ticks, interval, tls["ca"]))
+        return
+    clients = EpollClients(port)
+    started = time.perf_counter()
+    clients.connect(n, 60)
+    connect_s = time.perf_counter() - started
+    print(f"CONNECTED {connect_s:.3f}", flush=True)
+    gc.freeze()  # see _run_tls_clients
+    start = time.time() + interval - time.time() % interval + interval / 2
+    clients.run(start)
+    clients.bench.recording = True
+    clients.run(start + ticks * interval)
+    clients.bench.recording = False
+    _report(clients.bench, n, ticks, connect_s)
+    clients.close()
+
+
+async def _run_tls_clients(port: int, n: int, ticks: int, interval: float, ca: str) -> None:
+    ssl_context = ssl.create_default_context(cafile=ca)
     started = time.perf_counter()
     bench, protocols = await connect_light(port, n, 60, ssl_context=ssl_context)
     connect_s = time.perf_counter() - started
@@ -185,6 +209,13 @@ async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
     bench.recording = True
     await asyncio.sleep(ticks * interval)
     bench.recording = False
+    _report(bench, n, ticks, connect_s)
+    for proto in protocols:
+        if proto.transport is not None:
+            proto.transport.close()
+
+
+def _report(bench: ClientBench, n: int, ticks: int, connect_s: float) -> None:
     lat = sorted(bench.latencies)
     result = {
         "clients": n,
@@ -196,6 +227,3 @@ async def run_clients(port: int, n: int, ticks: int, interval: float) -> None:
         "max_ms": lat[-1] if lat else None,
     }
     print("RESULT " + json.dumps(result), flush=True)
-    for proto in protocols:
-        if proto.transport is not None:
-            proto.transport.close()

@@ -10,5 +10,6 @@
 - ``proxy``: a TCP proxy with faults switched on demand
 - ``proc``: /proc probes (descriptors, memory, CPU)
 - ``light``: asyncio clients light enough for 10 000 in one process (scripts)
+- ``epoll_clients``: plain-TCP clients on one epoll loop, half the CPU (the benchmarks)
 - ``lb``: replicas behind the real HAProxy (deploy/haproxy.cfg), clients encrypting through it
 """

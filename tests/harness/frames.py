@@ -40,7 +40,14 @@ def encode(
     if not mask:
         return head + payload
     key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + _masked(payload, key)
+
+
+def _masked(payload: bytes, key: bytes) -> bytes:
+    # XOR as two big integers: a byte-by-byte loop cost a benchmark client 20 us a frame.
+    size = len(payload)
+    stream = (key * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(size, "big")
 
 
 def parse(buffer: bytes) -> tuple[int, bytes, bytes] | None:
