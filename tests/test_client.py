@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -112,7 +113,8 @@ async def test_ttl_on_decrypt() -> None:
                 await client.decrypt_message(token, ttl=0.001)
 
 
-async def test_wrong_secret_is_an_authentication_error() -> None:
+async def test_wrong_secret_is_an_authentication_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="arraycrypto.server")
     async with running_server() as server:
         assert server.port
         async with CryptoClient(client_config(server.port, secret_key=OTHER)) as client:
@@ -121,6 +123,16 @@ async def test_wrong_secret_is_an_authentication_error() -> None:
             with pytest.raises(AuthenticationError):
                 await client.encrypt_message("x")
             assert client.state is not ConnectionState.CONNECTED
+        # The server's side of it: not just "closed", but which mistake it likely is.
+        with anyio.fail_after(5):
+            while server.metrics.connections:
+                await anyio.sleep(0.01)
+        failed = server.metrics.handshakes_failed_total
+        assert set(failed) == {("rejected",)}
+        lines = [r.getMessage() for r in caplog.records if "handshake failed" in r.getMessage()]
+        assert lines
+        assert all("does not trust this server's key" in line for line in lines)
+        assert all("secret_key" in line for line in lines)
 
 
 async def test_a_next_secret_signs_an_old_one_only_decrypts() -> None:

@@ -139,6 +139,39 @@ def test_wrong_secret_fails_the_handshake_with_4001() -> None:
     assert isinstance(events[0].error, AuthenticationError)
 
 
+def test_a_client_without_the_servers_key_closes_4001_and_the_server_counts_it() -> None:
+    # The server's log said only "handshake failed (closed)" for the commonest first-hour
+    # mistake (a client configured with another secret): the close code now says it.
+    wire = Wire(client_secret=OTHER)
+    wire.to_client()
+    peer = Protocol(Side.SERVER, state=State.OPEN)
+    sent = b"".join(wire.client.data_to_send())
+    peer.receive_data(sent)
+    (close,) = [e for e in peer.events_received() if isinstance(e, Frame)]
+    assert close.opcode is Opcode.CLOSE  # no text frame: the server would read a handshake
+    assert int.from_bytes(close.data[:2], "big") == 4001
+    assert close.data[2:] == b"authentication failed"  # generic, as the server's
+    events = wire.server.receive_data(sent, wire.now)
+    assert events == [HandshakeFailed("rejected")]
+
+
+def test_a_client_that_fails_the_servers_proof_closes_4001() -> None:
+    wire = Wire()
+    wire.to_client()
+    wire.to_server()
+    welcome = b"".join(wire.server.data_to_send())
+    # One bit of the welcome's proof flipped on its way (the frame is unmasked JSON).
+    at = welcome.index(b'"proof":"') + len(b'"proof":"')
+    flipped = b"1" if welcome[at : at + 1] != b"1" else b"2"
+    events = wire.client.receive_data(welcome[:at] + flipped + welcome[at + 1 :], wire.now)
+    assert [type(e) for e in events] == [Failed]
+    assert isinstance(wire.client.error, AuthenticationError)
+    peer = Protocol(Side.SERVER, state=State.OPEN)
+    peer.receive_data(b"".join(wire.client.data_to_send()))
+    (close,) = [e for e in peer.events_received() if isinstance(e, Frame)]
+    assert int.from_bytes(close.data[:2], "big") == 4001
+
+
 def test_handshake_timeout_is_error_then_close_4002() -> None:
     wire = Wire(handshake_timeout=5.0)
     wire.to_client()

@@ -37,7 +37,7 @@ from websockets.uri import WebSocketURI
 
 from .envelope import SnapshotCipher
 from .exceptions import AuthenticationError, ProtocolError
-from .handshake import Accepted, ClientSession, ClientState, CloseCode
+from .handshake import REASONS, Accepted, ClientSession, ClientState, CloseCode
 from .http import refusal
 from .wsrelease import release_protocol
 
@@ -226,11 +226,19 @@ class ClientConnection:
         if self.error is None:
             self.error = error
             events.append(Failed(error))
-        self._close(now)
+        if isinstance(error, AuthenticationError):
+            # 4001, not 1000: the server's operator then reads that this client does
+            # not share its secret (PROTOCOL.md, "Close codes"), not just "closed".
+            code = CloseCode.AUTHENTICATION_FAILED
+            self._close(now, code, REASONS[code])
+        else:
+            self._close(now)
 
-    def _close(self, now: float) -> None:
+    def _close(
+        self, now: float, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = ""
+    ) -> None:
         if self._protocol.state is State.OPEN:
-            self._protocol.send_close(CloseCode.NORMAL_CLOSURE, "")
+            self._protocol.send_close(code, reason)
         if self.phase < ClientPhase.CLOSING:
             self.phase = ClientPhase.CLOSING
             self._deadline = now + _CLOSE_TIMEOUT

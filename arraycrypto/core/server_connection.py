@@ -339,10 +339,17 @@ class ServerConnection:
         # or a framing error / oversized frame (1002 / 1009 sent).
         if self.phase < ServerPhase.CLOSING and self._protocol.state is not State.OPEN:
             if self.phase is ServerPhase.CHALLENGED:
-                # A Close of its own (a client without the key leaving) is no protocol
-                # error; a framing error or an oversized frame is.
-                closed = self._protocol.close_rcvd_then_sent is True
-                events.append(HandshakeFailed("closed" if closed else "protocol"))
+                # A Close of its own is no protocol error; a framing error or an
+                # oversized frame is. A client that does not trust this server's key
+                # (another secret) says so with 4001.
+                close = self._protocol.close_rcvd
+                if self._protocol.close_rcvd_then_sent is not True:
+                    reason = "protocol"
+                elif close is not None and close.code == CloseCode.AUTHENTICATION_FAILED:
+                    reason = "rejected"
+                else:
+                    reason = "closed"
+                events.append(HandshakeFailed(reason))
             self.phase = ServerPhase.CLOSING
             self._forget_handshake()
             self._deadline = now + CLOSE_TIMEOUT

@@ -52,6 +52,16 @@ _LISTENER_BROKEN: Final = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
 _ACCEPT_BATCH: Final = 256  # connections accepted per wake-up before yielding to others
 _GOODBYE_TIMEOUT: Final = 1.0  # seconds for the 1001 closing handshake when stopping
 
+#: What a failed handshake most likely means, for the log line (the metric keeps the
+#: short reason). Never a secret or a key: the key id alone is not logged either.
+_FAILURE_HINTS: Final = {
+    "rejected": (
+        "rejected: the client does not trust this server's key; check that its"
+        " secret_key is this server's (while rotating: in its next_secret_keys)"
+    ),
+    "authentication": "authentication: the client's proof is wrong",
+}
+
 
 class _Listening(Protocol):
     """A listening socket, as the accept loop uses it."""
@@ -339,5 +349,6 @@ class Listener:
                 logger.debug("session %s subscribed", event.session_id)
             elif isinstance(event, HandshakeFailed):
                 self.metrics.count("handshakes_failed_total", event.reason)
-                logger.info("session %s: handshake failed (%s)", conn.session_id, event.reason)
+                hint = _FAILURE_HINTS.get(event.reason, event.reason)
+                logger.info("session %s: handshake failed (%s)", conn.session_id, hint)
         return subscriber
