@@ -2,7 +2,7 @@
 
     python -m scripts.chaos kill       # SIGKILL + restart while 1000 clients encrypt
     python -m scripts.chaos stalled    # 10% of 1000 clients stop reading
-    python -m scripts.chaos storm      # 10 000 clients, server restarted
+    python -m scripts.chaos storm      # 10 000 clients, server restarted (scripts/storm.py)
     python -m scripts.chaos storm --workers 2   # the same against two workers
     python -m scripts.chaos all [--json]
     python -m scripts.chaos rotate     # the secret rotates by reload under 1000 clients
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import sys
 import tempfile
@@ -30,8 +29,6 @@ from typing import Any
 from arraycrypto import ServerConfig, save_config
 from tests.harness.constants import HOST, SECRET
 from tests.harness.light import (
-    ClientBench,
-    LightClient,
     connect_light,
     end,
     raise_fd_limit,
@@ -226,135 +223,6 @@ def scenario_stalled(n: int = 1000, ticks: int = 15) -> dict[str, Any]:
     return runs
 
 
-# -- reconnect storm -------------------------------------------------------------------------
-
-
-class StormClient(LightClient):
-    """A light client that reconnects with full jitter, like CryptoClient."""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.authenticated.done():
-            self.authenticated.set_result(False)
-        self.bench.lost(self)  # type: ignore[attr-defined]
-
-    def on_text(self, payload: bytes, arrived: float) -> None:
-        if self.authenticated.done():
-            return
-        super().on_text(payload, arrived)
-        if self.authenticated.done():
-            self.bench.authenticated(self)  # type: ignore[attr-defined]
-
-
-class Storm(ClientBench):
-    def __init__(self, port: int, n: int) -> None:
-        super().__init__()
-        self.port = port
-        self.n = n
-        self.connected: set[StormClient] = set()
-        self.attempts: dict[int, int] = {}
-        self.auth_times: list[float] = []
-        self.closing = False
-        self.all_up = asyncio.Event()
-
-    def authenticated(self, client: StormClient) -> None:
-        self.connected.add(client)
-        self.auth_times.append(time.time())
-        if len(self.connected) == self.n:
-            self.all_up.set()
-
-    def lost(self, client: StormClient) -> None:
-        self.connected.discard(client)
-        self.all_up.clear()
-        if not self.closing:
-            self.retry(0)
-
-    def retry(self, attempt: int) -> None:
-        from arraycrypto.client.connector import backoff  # the client's own policy
-
-        loop = asyncio.get_running_loop()
-        loop.call_later(backoff(attempt, 30.0), lambda: asyncio.ensure_future(self.dial(attempt)))
-
-    async def dial(self, attempt: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.create_connection(lambda: StormClient(self), HOST, self.port)
-        except OSError:
-            self.retry(attempt + 1)
-
-
-async def storm_clients(port: int, n: int) -> None:
-    raise_fd_limit()
-    storm = Storm(port, n)
-    gate = asyncio.Semaphore(256)
-    loop = asyncio.get_running_loop()
-
-    async def one() -> None:
-        async with gate:
-            await loop.create_connection(lambda: StormClient(storm), HOST, port)
-
-    started = time.time()
-    await asyncio.gather(*(one() for _ in range(n)))
-    await asyncio.wait_for(storm.all_up.wait(), 300)
-    print(f"READY {time.time() - started:.3f}", flush=True)
-    # As in bench_fanout: this process stands in for 10 000 separate clients, so keep
-    # its own full collections (a good part of a second at this size) out of the figure.
-    gc.freeze()
-    storm.auth_times.clear()
-    # Wait for the restart: everyone lost, then everyone back.
-    while storm.connected:
-        await asyncio.sleep(0.01)
-    await asyncio.wait_for(storm.all_up.wait(), 300)
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "clients": n,
-                "first_auth": min(storm.auth_times),
-                "last_auth": max(storm.auth_times),
-            }
-        ),
-        flush=True,
-    )
-    storm.closing = True
-
-
-def scenario_storm(n: int = 10_000, workers: int = 1) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = serve_process(
-            Path(tmp),
-            workers,
-            tick_interval=1.0,
-            max_connections=raise_fd_limit() - 100,
-            ping_interval=60,
-            ping_timeout=60,
-        )
-        server.start()
-        clients = None
-        try:
-            clients = child("_storm", str(server.port), str(n))
-            initial = float(read_tagged(clients, "READY", 600))
-            time.sleep(2)
-            server.kill()
-            server.start()
-            restarted = time.time()
-            result: dict[str, Any] = json.loads(read_tagged(clients, "RESULT", 600))
-            # After the restart: handshakes cut short to make room, and waits for room.
-            evicted = fetch_metric(server.port, "arraycrypto_pending_evicted_total")
-            paused = fetch_metric(server.port, "arraycrypto_accept_paused_total")
-        finally:
-            end(clients)
-            server.kill()
-    return {
-        "clients": n,
-        "workers": workers,
-        "pending_evicted_after_restart": int(evicted),
-        "accept_paused_after_restart": int(paused),
-        "initial_connect_s": round(initial, 2),
-        "all_reauthenticated_s_after_restart": round(result["last_auth"] - restarted, 2),
-        "first_reauthenticated_s_after_restart": round(result["first_auth"] - restarted, 2),
-    }
-
-
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] in ("soak", "client-soak"):
         from scripts import soak
@@ -372,9 +240,9 @@ def main() -> int:
             anyio.run(kill_clients, int(nums[0]), int(nums[1]), nums[2], nums[3])
         elif role == "_stalled":
             asyncio.run(stalled_clients(int(nums[0]), int(nums[1]), int(nums[2]), int(nums[3])))
-        elif role == "_storm":
-            asyncio.run(storm_clients(int(nums[0]), int(nums[1])))
         return 0
+    from scripts import storm  # imports this module: not at the top
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=["kill", "stalled", "storm", "all"])
     parser.add_argument(
@@ -388,7 +256,7 @@ def main() -> int:
     runs = {
         "kill": scenario_kill,
         "stalled": scenario_stalled,
-        "storm": lambda: scenario_storm(args.clients, args.workers),
+        "storm": lambda: storm.scenario_storm(args.clients, args.workers),
     }
     chosen = list(runs) if args.scenario == "all" else [args.scenario]
     results = {}

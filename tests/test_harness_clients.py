@@ -1,4 +1,4 @@
-"""The benchmarks' epoll clients do the whole exchange a real client does.
+"""The benchmarks' epoll clients do the whole exchange a real client does, and come back.
 
 ``scripts/bench_fanout.py`` and ``scripts/bench_split.py`` measure the server with
 them, so a client that skipped a step (no handshake, no pongs, pushes not read)
@@ -16,7 +16,7 @@ import pytest
 from arraycrypto import save_config
 
 from .harness import frames
-from .harness.epoll_clients import EpollClients
+from .harness.epoll_clients import EpollClients, StormClients
 from .harness.servers import ServeProcess, fetch_metric, server_config
 
 CLIENTS = 40
@@ -45,6 +45,26 @@ def test_epoll_clients_authenticate_record_pushes_and_answer_pings(
             assert len(latencies) >= CLIENTS * 5
             assert all(-50 < ms < 1000 for ms in latencies)  # arrival minus the snapshot's time
         finally:
+            clients.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_storm_clients_come_back_once_each_after_a_restart(tmp_path: Path, backend: str) -> None:
+    path = tmp_path / "server_config.json"
+    save_config(path, server_config(tick_interval=0.2))
+    with ServeProcess("--config", str(path), "--backend", backend) as server:
+        clients = StormClients(server.port, max_delay=0.5)
+        try:
+            clients.until(lambda: len(clients) == CLIENTS, 20, start=CLIENTS)
+            clients.auth_times.clear()
+            server.kill()
+            clients.until(lambda: len(clients) == 0, 10)  # every connection lost
+            server.start()  # the same port
+            clients.until(lambda: len(clients) == CLIENTS, 20)
+            assert len(clients.auth_times) == CLIENTS  # each back once, none twice
+            assert fetch_metric(server.port, "arraycrypto_handshakes_ok_total") == CLIENTS
+        finally:
+            clients.closing = True
             clients.close()
 
 
