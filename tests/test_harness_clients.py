@@ -27,23 +27,22 @@ def test_epoll_clients_authenticate_record_pushes_and_answer_pings(
     tmp_path: Path, backend: str
 ) -> None:
     path = tmp_path / "server_config.json"
-    # Pings far more often than pushes: a client that did not answer them would be
-    # dropped within 0.6 s, well inside the 2 s below.
-    save_config(path, server_config(tick_interval=0.2, ping_interval=0.1, ping_timeout=0.5))
+    # A ping every 0.1 s, and a generous timeout: the pongs are counted, not inferred
+    # from clients surviving a deadline a loaded machine could miss.
+    save_config(path, server_config(tick_interval=0.2, ping_interval=0.1, ping_timeout=5))
     with ServeProcess("--config", str(path), "--backend", backend) as server:
         clients = EpollClients(server.port)
         try:
             clients.connect(CLIENTS, timeout=20)
-            assert len(clients) == CLIENTS
             assert fetch_metric(server.port, "arraycrypto_handshakes_ok_total") == CLIENTS
             clients.bench.recording = True
-            clients.run(time.time() + 2.0)  # 10 ticks, 20 ping intervals
+            clients.run(time.time() + 2.0)  # 10 ticks, up to 20 pings each
             assert fetch_metric(server.port, "arraycrypto_subscribed_clients") == CLIENTS
-            assert fetch_metric(server.port, 'arraycrypto_dropped_clients_total{reason="ping"') == 0
+            assert min(clients.pongs()) >= 5
             latencies = clients.bench.latencies
-            # Every client, every tick (one tick of slack at either end).
-            assert len(latencies) >= CLIENTS * 5
-            assert all(-50 < ms < 1000 for ms in latencies)  # arrival minus the snapshot's time
+            # Every client, every tick (a tick of slack at either end).
+            assert len(latencies) >= CLIENTS * 8
+            assert all(-50 < ms < 5000 for ms in latencies)  # arrival minus the snapshot's time
         finally:
             clients.close()
 

@@ -86,7 +86,8 @@ async def test_allow_names_head_and_options_answers_a_cors_preflight() -> None:
 
 
 async def test_a_client_that_closes_before_its_handshake_is_counted_as_closed() -> None:
-    # A client without the key closes with 1000: not a protocol error.
+    # A client that closes with 1000 before its handshake: not a protocol error (one
+    # without the server's key closes with 4001: tests/test_connection.py).
     async with running_server() as server:
         assert server.port
         client = await RawClient.connect(server.port)

@@ -57,7 +57,8 @@ _GOODBYE_TIMEOUT: Final = 1.0  # seconds for the 1001 closing handshake when sto
 _FAILURE_HINTS: Final = {
     "rejected": (
         "rejected: the client does not trust this server's key; check that its"
-        " secret_key is this server's (while rotating: in its next_secret_keys)"
+        " secret_key is this server's (while rotating: in its next_secret_keys), or"
+        " that this server does not still sign with a key the client has retired"
     ),
     "authentication": "authentication: the client's proof is wrong",
 }

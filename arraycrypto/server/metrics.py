@@ -36,7 +36,7 @@ METRICS: Final = (
         "counter",
         "Failed handshakes by reason.",
         ("reason",),
-        (("authentication",),),
+        (("authentication",), ("rejected",)),
     ),
     Metric("ticks_total", "counter", "Snapshots made."),
     Metric("ticks_skipped_total", "counter", "Ticks skipped because the loop stalled."),

@@ -50,7 +50,7 @@ _REQUEST = (
 class _Client:
     """One connection's state: its socket, unparsed bytes, handshake session."""
 
-    __slots__ = ("attempt", "buffer", "session", "sock", "upgraded")
+    __slots__ = ("attempt", "buffer", "pongs", "session", "sock", "upgraded")
 
     def __init__(self, sock: socket.socket, attempt: int) -> None:
         self.sock = sock
@@ -58,6 +58,7 @@ class _Client:
         self.buffer = b""
         self.upgraded = False
         self.session: ClientSession | None = None
+        self.pongs = 0  # pings answered
 
 
 class EpollClients:
@@ -79,6 +80,10 @@ class EpollClients:
 
     def __len__(self) -> int:
         return len(self._clients)
+
+    def pongs(self) -> list[int]:
+        """How many pings each authenticated client has answered."""
+        return [client.pongs for client in self._clients.values()]
 
     @property
     def pending(self) -> int:
@@ -155,6 +160,7 @@ class EpollClients:
                     del self._pending[fd]
                     self._clients[fd] = client
                     self._authenticated(client)
+                    self._frames(client, time.time())  # what followed the welcome
             except OSError as exc:  # ConnectionError included: refused, closed, 503
                 del self._pending[fd]
                 self._epoll.unregister(fd)
@@ -218,14 +224,19 @@ class EpollClients:
             client.sock.close()
             self._lost(client)
             return
-        arrived = time.time()
+        client.buffer += data
+        self._frames(client, time.time())
+
+    def _frames(self, client: _Client, arrived: float) -> None:
+        """Handle every whole frame in the client's buffer: record pushes, answer pings."""
         bench = self.bench
-        buffer = client.buffer + data
+        buffer = client.buffer
         while (parsed := frames.parse(buffer)) is not None:
             opcode, payload, buffer = parsed
             if opcode == frames.TEXT:
                 bench.record(arrived * 1000 - bench.timestamp_of(payload))
             elif opcode == frames.PING:  # answer, as a real client would
+                client.pongs += 1
                 with contextlib.suppress(OSError):  # gone: the next read says so
                     client.sock.send(frames.encode(frames.PONG, payload))
         client.buffer = buffer
