@@ -3,8 +3,8 @@
     python -m scripts.bench_split                      # 10 000 clients, 3 runs
     python -m scripts.bench_split --clients 4000 --runs 1
 
-The same clients (two light-client processes, half each) against, alternating run by
-run:
+The same clients (two client processes, half each: bench_fanout's epoll clients)
+against, alternating run by run:
 
 - ``one``: one in-process arraycrypto server (``bench_fanout``'s), both client
   processes on its port: the reference;
