@@ -223,3 +223,27 @@ def test_optional_backends_are_installable_extras() -> None:
     readme = (root / "README.md").read_text()
     assert "pip install 'arraycrypto[trio]'" in readme
     assert "arraycrypto[uvloop]" in readme
+
+
+@pytest.mark.parametrize(
+    ("argv", "stray"),
+    [
+        (["keygen", "32"], "32"),
+        (["keygen", "--length", "32"], "--length 32"),
+        (["encrypt", "notes.txt"], "notes.txt (to read a file: -i notes.txt)"),
+        (["inspect", "a.bin"], "a.bin (to read a file: -i a.bin)"),
+    ],
+)
+def test_a_stray_argument_gets_the_commands_usage(
+    argv: list[str], stray: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse blamed the top level ("usage: arraycrypto [-h] [--version] COMMAND ..."),
+    # as if the command itself were unknown.
+    from arraycrypto.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: arraycrypto {argv[0]}")
+    assert err.rstrip().endswith(f"arraycrypto {argv[0]}: error: unrecognized arguments: {stray}")

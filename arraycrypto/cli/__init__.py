@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=summary, description=description)
+        command_parser = sub.add_parser(name, help=summary, description=description)
+        # For main(): a stray argument is this command's usage error, not the top level's.
+        command_parser.set_defaults(command_parser=command_parser)
+        return command_parser
 
     keygen = command(
         "keygen",
@@ -324,7 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No command at all: the commands, not only "the following arguments are required".
         parser.print_help(sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, stray = parser.parse_known_args(argv)
+    if stray:
+        message = f"unrecognized arguments: {' '.join(stray)}"
+        if hasattr(args, "input") and not stray[0].startswith("-"):
+            # `arraycrypto encrypt notes.txt` is the first thing people type.
+            message += f" (to read a file: -i {stray[0]})"
+        args.command_parser.error(message)
     try:
         code: int = args.func(args)
         sys.stdout.flush()
