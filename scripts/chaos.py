@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from arraycrypto import ServerConfig, save_config
+from scripts.storm import scenario_storm
 from tests.harness.constants import HOST, SECRET
 from tests.harness.light import (
     connect_light,
@@ -36,16 +36,9 @@ from tests.harness.light import (
     spawn,
 )
 from tests.harness.proc import rss_kib
-from tests.harness.servers import ServeProcess, fetch_metric
+from tests.harness.servers import fetch_metric, serve_process
 
 MODULE = "scripts.chaos"  # children run as `python -m scripts.chaos`
-
-
-def serve_process(tmp: Path, workers: int = 1, **config: Any) -> ServeProcess:
-    """``arraycrypto serve`` with a config file written from ``config``; restartable."""
-    path = tmp / "server_config.json"
-    save_config(path, ServerConfig(secret_key=SECRET, host=HOST, port=0, **config))
-    return ServeProcess("--config", str(path), "--workers", str(workers), log=tmp / "server.log")
 
 
 def child(*args: str) -> Any:
@@ -241,8 +234,6 @@ def main() -> int:
         elif role == "_stalled":
             asyncio.run(stalled_clients(int(nums[0]), int(nums[1]), int(nums[2]), int(nums[3])))
         return 0
-    from scripts import storm  # imports this module: not at the top
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=["kill", "stalled", "storm", "all"])
     parser.add_argument(
@@ -256,7 +247,7 @@ def main() -> int:
     runs = {
         "kill": scenario_kill,
         "stalled": scenario_stalled,
-        "storm": lambda: storm.scenario_storm(args.clients, args.workers),
+        "storm": lambda: scenario_storm(args.clients, args.workers),
     }
     chosen = list(runs) if args.scenario == "all" else [args.scenario]
     results = {}

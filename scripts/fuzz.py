@@ -45,11 +45,10 @@ from arraycrypto import (
     Keyring,
     load_client_config,
 )
-from scripts.chaos import serve_process
 from tests.harness.constants import HOST, SECRET
 from tests.harness.hostile import Runner, generate
 from tests.harness.proc import fd_count
-from tests.harness.servers import ServeProcess, fetch_metric
+from tests.harness.servers import ServeProcess, fetch_metric, serve_process
 
 
 async def network(

@@ -26,7 +26,7 @@ import anyio
 import msgspec
 import trustme
 
-from arraycrypto import CryptoConfig, ServerConfig
+from arraycrypto import CryptoConfig, ServerConfig, save_config
 from arraycrypto.server import Server
 
 from .constants import HOST, SECRET
@@ -38,6 +38,7 @@ __all__ = [
     "client_config",
     "fetch_metric",
     "running_server",
+    "serve_process",
     "server_config",
     "with_tls",
 ]
@@ -234,6 +235,16 @@ class ServeProcess:
         self.stop()
         if self._own_log:
             self.log.unlink(missing_ok=True)
+
+
+def serve_process(tmp: Path, workers: int = 1, **config: Any) -> ServeProcess:
+    """``arraycrypto serve`` (the scripts' runs) with a config written from ``config``.
+
+    The config file and the log go in ``tmp``; restartable on its port.
+    """
+    path = tmp / "server_config.json"
+    save_config(path, ServerConfig(secret_key=SECRET, host=HOST, port=0, **config))
+    return ServeProcess("--config", str(path), "--workers", str(workers), log=tmp / "server.log")
 
 
 def fetch_metric(port: int, prefix: str, ca_file: str | None = None) -> float:
