@@ -101,6 +101,24 @@ async def test_a_client_that_closes_before_its_handshake_is_counted_as_closed() 
         assert server.metrics.handshakes_failed_total == {("closed",): 1}
 
 
+async def test_a_client_that_closes_4001_before_its_handshake_is_counted_as_rejected() -> None:
+    # PROTOCOL.md, "Close codes": a client that does not trust the server's key id
+    # closes with 4001 (the Close alone); the server counts and logs it as rejected.
+    async with running_server() as server:
+        assert server.port
+        client = await RawClient.connect(server.port)
+        await client.recv_message()
+        client.protocol.send_close(4001, "authentication failed")
+        await client.flush()
+        close = await client.wait_closed()
+        assert close is not None
+        assert close.code == 4001  # echoed
+        with anyio.fail_after(5):
+            while server.metrics.connections:
+                await anyio.sleep(0.01)
+        assert server.metrics.handshakes_failed_total == {("rejected",): 1}
+
+
 def test_decrypt_checks_a_future_date_without_ttl(tmp_path: Path) -> None:
     # The CLI checked ciphertexts dated in the future only with --ttl.
     ring = Keyring(SECRET)
