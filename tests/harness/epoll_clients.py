@@ -93,19 +93,27 @@ class EpollClients:
     def connect(self, n: int, timeout: float, in_flight: int = 256) -> None:
         """Open ``n`` connections (``in_flight`` at most at once) until all authenticated.
 
-        Raises ConnectionError if one is refused or closed before its welcome, and
-        TimeoutError after ``timeout`` seconds.
+        Raises ConnectionError if one is refused or closed before its welcome (unless
+        :meth:`_failed` retries), and TimeoutError after ``timeout`` seconds.
         """
+        target = len(self) + n
+        self.until(lambda: len(self) >= target, timeout, start=n, in_flight=in_flight)
+
+    def until(
+        self, done: Callable[[], bool], timeout: float, start: int = 0, in_flight: int = 256
+    ) -> None:
+        """Drive the loop until ``done()``; first dial ``start`` clients, ``in_flight`` at once."""
         deadline = time.monotonic() + timeout
-        started = 0
-        while started < n or self._pending:
-            while started < n and len(self._pending) < in_flight:
+        while not done():
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(
+                    f"{len(self)} authenticated, {self.pending} pending after {timeout} s"
+                )
+            while start and self.pending < in_flight:
                 self._dial(0)
-                started += 1
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.pending} clients not authenticated in {timeout} s")
-            self._poll(min(left, 1.0))
+                start -= 1
+            self._poll(min(self._due(now), deadline - now, 0.05))
 
     def run(self, until: float) -> None:
         """Read pushes until ``time.time()`` reaches ``until``: record, answer pings."""
@@ -131,6 +139,10 @@ class EpollClients:
 
     def _lost(self, client: _Client) -> None:
         """An authenticated connection ended (its socket is closed)."""
+
+    def _due(self, now: float) -> float:
+        """Do what is due at ``now``; return how long the loop may then wait."""
+        return 1.0
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -265,19 +277,7 @@ class StormClients(EpollClients):
             due = time.monotonic() + backoff(client.attempt, self.max_delay)
             heapq.heappush(self._timers, (due, next(self._order), client.attempt + 1))
 
-    def until(
-        self, done: Callable[[], bool], timeout: float, start: int = 0, in_flight: int = 256
-    ) -> None:
-        """Drive the loop until ``done()``; first dial ``start`` clients, ``in_flight`` at once."""
-        deadline = time.monotonic() + timeout
-        while not done():
-            now = time.monotonic()
-            if now > deadline:
-                raise TimeoutError(f"storm: {len(self)} authenticated after {timeout} s")
-            while start and self.pending < in_flight:
-                self._dial(0)
-                start -= 1
-            while self._timers and self._timers[0][0] <= now:
-                self._dial(heapq.heappop(self._timers)[2])
-            wait = self._timers[0][0] - now if self._timers else 0.05
-            self._poll(max(0.0, min(wait, 0.05)))
+    def _due(self, now: float) -> float:
+        while self._timers and self._timers[0][0] <= now:
+            self._dial(heapq.heappop(self._timers)[2])  # a backoff ended: the next attempt
+        return max(0.0, self._timers[0][0] - now) if self._timers else 1.0
