@@ -248,16 +248,15 @@ def test_server_error_4001_is_an_authentication_failure() -> None:
     assert isinstance(wire.client.error, AuthenticationError)
 
 
-def test_upgrade_refused_without_a_key() -> None:
+RFC_KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"  # RFC 6455, 1.3
+
+
+def upgrade(head: bytes) -> ServerConnection | None:
     from arraycrypto.core import http
 
-    head = http.parse_request_head(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
     wire = Wire()
-    refused = ServerConnection.upgrade(
-        head,
+    return ServerConnection.upgrade(
+        http.parse_request_head(head),
         key=wire.server_ring.primary,
         challenge=b"c" * 32,
         session_id="s",
@@ -267,7 +266,46 @@ def test_upgrade_refused_without_a_key() -> None:
         now=0.0,
         deadline=5.0,
     )
-    assert refused is None
+
+
+def test_the_101_is_rfc_6455s_and_negotiates_no_extension() -> None:
+    # RFC 6455, 1.3: this key's accept value is s3pPLMBiTxaQ9kYGzzhZRbK+xOo=. A client
+    # offering compression gets none: frame bytes stay the same for every client.
+    conn = upgrade(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+        + RFC_KEY
+        + b"Sec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    assert conn is not None
+    data = b"".join(conn.data_to_send())
+    head = data[: data.index(b"\r\n\r\n") + 4]
+    assert head == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )
+    peer = Protocol(Side.CLIENT, state=State.OPEN)
+    peer.receive_data(data[len(head) :])
+    [challenge] = peer.events_received()
+    assert isinstance(challenge, Frame)
+    assert isinstance(m.decode(bytes(challenge.data)), m.Challenge)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"
+        b"Sec-WebSocket-Version: 13\r\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        + RFC_KEY
+        + b"Sec-WebSocket-Version: 8\r\n",
+        b"Upgrade: websocket\r\nConnection: close\r\n" + RFC_KEY + b"Sec-WebSocket-Version: 13\r\n",
+    ],
+    ids=["no key", "short key", "version 8", "no connection upgrade"],
+)
+def test_an_invalid_upgrade_is_refused(headers: bytes) -> None:
+    assert upgrade(b"GET /ws HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n") is None
 
 
 def tamper(wire: Wire, change: Callable[[dict[str, Any]], None]) -> list[object]:
