@@ -527,7 +527,7 @@ async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None
     # collection counted here is pace_gc's own: young and middle together by the clock,
     # then a freeze of what survived (freeze_every 0: at the first chance).
     from arraycrypto.server import pace_gc
-    from arraycrypto.server.tuning import NO_FULL_COLLECTIONS, YOUNG_EVERY
+    from arraycrypto.server.tuning import NO_FULL_COLLECTIONS, PACED_YOUNG, YOUNG_EVERY
 
     young, middle = (gc.get_stats()[g]["collections"] for g in (0, 1))
     thresholds = gc.get_threshold()
@@ -545,7 +545,9 @@ async def test_pace_gc_collects_by_the_clock_and_freezes_what_survived() -> None
         assert gc.get_stats()[1]["collections"] - middle >= 5
         # Ten middle collections a second must not bring on automatic full ones.
         assert gc.get_threshold()[2] >= NO_FULL_COLLECTIONS
-        assert gc.get_threshold()[:2] == thresholds[:2]
+        # Young objects are collected by the clock: the allocation count only backs it.
+        assert gc.get_threshold()[0] >= max(thresholds[0], PACED_YOUNG)
+        assert gc.get_threshold()[1] == thresholds[1]
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
