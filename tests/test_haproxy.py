@@ -69,9 +69,16 @@ async def encrypting(fleet: Fleet) -> AsyncIterator[Workload]:
             for client in clients:
                 await client.authenticate()
         # leastconn: every replica got its share (the previous test's clients are gone).
-        with anyio.fail_after(10):
-            while sorted(await fleet.subscribed()) != [CLIENTS // 2] * 2:
+        # Half each when every first connection succeeds; on a loaded machine a client
+        # whose first try timed out (connect_timeout) retries, and its retry may land on
+        # the other replica: 8/8 was missed once in a dozen full runs. A share, then.
+        counts: list[int] = []
+        with anyio.move_on_after(10):
+            while not (sum(counts) == CLIENTS and min(counts) >= CLIENTS // 4):
                 await anyio.sleep(0.05)
+                counts = await fleet.subscribed()
+        assert sum(counts) == CLIENTS, counts
+        assert min(counts) >= CLIENTS // 4, counts
         workload = Workload(clients, max_drift=MAX_DRIFT)
         await tg.start(workload.run)
         yield workload
