@@ -8,12 +8,14 @@ Each server runs under valgrind's callgrind with instrumentation off: ours
 doing the same handshake, ``bench_fanout``'s) and, with ``--before``, ours again from
 another checkout. 200 clients connect to warm it up; then instrumentation is switched on
 while N more connect and authenticate one at a time (``bench_fanout``'s epoll clients:
-the real handshake), and the instructions the server executed are divided by N. The
-tick interval is 1 000 s: connecting only; no server collects cycles (``gc.disable()``).
-Needs valgrind (Debian package ``valgrind``).
+the real handshake), and the instructions the server executed are divided by N. Ticks
+and pings an hour apart: connecting only; no server collects cycles (``gc.disable()``).
+Needs valgrind (Debian package ``valgrind``). ``--before`` needs a checkout whose
+``scripts/fanout_children.py`` reads ``BENCH_FANOUT_PING`` (copy this one in if not);
+its bench_fanout must take ``_server arraycrypto-default``.
 
 On this shared 2-core VM, timed runs of the same code spread by 20 %; these counts by
-up to 2 %. What they leave out: the collector, the kernel's side of each system call
+about 3 %. What they leave out: the collector, the kernel's side of each system call
 (about a fifth of connecting's CPU here, from `/proc`), and timing: the server runs
 about 50 times slower under callgrind, and one connection at a time costs more per
 connection than a crowd (each pays a loop iteration of its own). Compare code with it;
@@ -24,17 +26,23 @@ process started is ended.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from scripts.fanout_children import PING_ENV
 from tests.harness.epoll_clients import EpollClients
 from tests.harness.light import end, raise_fd_limit, read_tagged
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_UP = 200
+#: The tick interval, and both servers' ping interval: the longest a config allows, so
+#: that neither a tick (on the hour: one chance in 60 per minute measured) nor a ping
+#: falls in what is counted.
+TICK = 3600
 
 
 def instructions(root: Path, server: str, clients: int) -> int:
@@ -45,7 +53,7 @@ def instructions(root: Path, server: str, clients: int) -> int:
         # bench_fanout's server with the cycle collector off before anything runs:
         # whether a collection landed in the measured window moved the counts by several
         # percent. Done here, so that --before works with any checkout.
-        argv = ["bench_fanout", "_server", server, "1000.0", "asyncio"]
+        argv = ["bench_fanout", "_server", server, str(TICK), "asyncio"]
         code = (
             f"import gc, runpy, sys; gc.disable(); sys.argv = {argv!r}; "
             "runpy.run_module('scripts.bench_fanout', run_name='__main__')"
@@ -53,7 +61,7 @@ def instructions(root: Path, server: str, clients: int) -> int:
         command += [f"--callgrind-out-file={out}", sys.executable, "-c", code]
         # The checkout first; a PYTHONPATH given stays after it (another anyio, say).
         path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
+        env = {**os.environ, "PYTHONPATH": path, PING_ENV: str(TICK)}
         child = subprocess.Popen(
             command,
             cwd=root,
@@ -77,6 +85,10 @@ def instructions(root: Path, server: str, clients: int) -> int:
             for group in (measured, warm):
                 if group is not None:
                     group.close()
+            # SIGTERM first: valgrind then removes its control pipes from /tmp.
+            child.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(60)
             end(child)
         total = 0
         for dump in Path(tmp).glob("callgrind.out*"):
@@ -88,7 +100,11 @@ def instructions(root: Path, server: str, clients: int) -> int:
 
 def control(pid: int, *args: str) -> None:
     """Tell the callgrind running as ``pid`` to switch instrumentation or dump."""
-    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
+    done = subprocess.run(
+        ["callgrind_control", *args, str(pid)], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(f"callgrind_control {' '.join(args)}: {done.stderr or done.stdout}")
 
 
 def main() -> int:

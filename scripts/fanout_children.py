@@ -52,6 +52,16 @@ def make_tls_dir(tls_dir: str) -> None:
 # -- servers (child process) ---------------------------------------------------------------
 
 
+#: Set by scripts/connect_cost.py: both servers' ping interval and timeout (seconds), so
+#: that no ping or pong falls in what it counts.
+PING_ENV = "BENCH_FANOUT_PING"
+
+
+def ping_seconds() -> float:
+    """Both servers' ping interval and timeout: 60 s unless the environment says."""
+    return float(os.environ.get(PING_ENV, "60"))
+
+
 def bench_config(interval: float, port: int = 0) -> ServerConfig:
     """The benchmark's server config (in process or the CLI's): long waits, TLS if set."""
     tls = tls_files()
@@ -63,8 +73,8 @@ def bench_config(interval: float, port: int = 0) -> ServerConfig:
         # As many as the fd limit allows (a config above it only logs a warning).
         max_connections=resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 100,
         handshake_timeout=60,
-        ping_interval=60,
-        ping_timeout=60,
+        ping_interval=ping_seconds(),
+        ping_timeout=ping_seconds(),
         tls_certfile=tls["cert"] if tls else None,
         tls_keyfile=tls["key"] if tls else None,
     )
@@ -148,8 +158,8 @@ def run_baseline_server(interval: float, uvloop: bool = False) -> None:
             0,
             ssl=ssl_context,
             compression=None,
-            ping_interval=60,
-            ping_timeout=60,
+            ping_interval=ping_seconds(),
+            ping_timeout=ping_seconds(),
             max_size=4096,
             backlog=4096,
         ) as server:

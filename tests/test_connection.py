@@ -301,8 +301,13 @@ def test_the_101_is_rfc_6455s_and_negotiates_no_extension() -> None:
         + RFC_KEY
         + b"Sec-WebSocket-Version: 8\r\n",
         b"Upgrade: websocket\r\nConnection: close\r\n" + RFC_KEY + b"Sec-WebSocket-Version: 13\r\n",
+        # websockets refuses the header value itself: a 400 too, not an error logged
+        # with its traceback for anyone who sends one before authenticating.
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        + RFC_KEY
+        + b"Sec-WebSocket-Version: 13\r\nX-Note: a\x01b\r\n",
     ],
-    ids=["no key", "short key", "version 8", "no connection upgrade"],
+    ids=["no key", "short key", "version 8", "no connection upgrade", "control character"],
 )
 def test_an_invalid_upgrade_is_refused(headers: bytes) -> None:
     assert upgrade(b"GET /ws HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n") is None

@@ -147,8 +147,8 @@ KINDS: dict[str, Kind] = {
     "HTTP 404": http_request(404),
     "TLS failure": failed_tls,
 }
-#: The kinds whose connections subscribe before they end (the fan-out and pinger see them).
-SUBSCRIBED = frozenset({"clean close", "FIN", "RST"})
+#: The kinds answered at once, with no subscriber and no deadline to race.
+ANSWERED = frozenset({"HTTP 200", "HTTP 404", "TLS failure"})
 #: The kinds that end by a server deadline: they mostly wait, so they overlap.
 WAITING: dict[str, Kind] = {
     "handshake timeout": handshake_timeout,
@@ -163,17 +163,17 @@ async def test_ended_connections_leave_nothing_behind(kind: str, tls: bool, tmp_
         pytest.skip("a plain port has no TLS handshake to fail")
     waits = kind in WAITING
     run = WAITING[kind] if waits else KINDS[kind]
-    # Subscribed kinds: 400 over plain TCP, 150 over TLS (both ends' handshakes run in
-    # this process). One object kept per connection shows as a count at any number;
-    # hundreds give the rare paths of a subscriber their turn: a peer gone mid-write, a
-    # pinger round or a tick meeting it half-closed. The pinger runs a round every 50 ms
-    # (interval 0.5 s, ten slots), so it looks at live subscribers during the test: a
-    # round's loop variable once kept the last client alive after every client had gone,
-    # which 100 connections at the default 2 s rounds did not show (and 300/100 showed
-    # in 11 runs of 12). The other kinds never reach the fan-out or the pinger: each of
-    # their connections takes the same path, so 100 (50 over TLS) are plenty: at 400
-    # they cost 11 s of the suite's CPU.
-    count = (150 if tls else 400) if kind in SUBSCRIBED else (50 if tls else 100)
+    # 400 over plain TCP, 150 over TLS (both ends' handshakes run in this process). One
+    # object kept per connection shows as a count at any number; hundreds give the rare
+    # paths their turn: a subscriber's peer gone mid-write, a pinger round or a tick
+    # meeting it half-closed, a deadline racing a read. The pinger runs a round every
+    # 50 ms (interval 0.5 s, ten slots), so it looks at live subscribers during the
+    # test: a round's loop variable once kept the last client alive after every client
+    # had gone, which 100 connections at the default 2 s rounds did not show (and
+    # 300/100 showed in 11 runs of 12). The HTTP answers and the failed TLS handshakes
+    # race nothing (their clients read every byte, or send their last one, before they
+    # go): 100 (50 over TLS) of those.
+    count = (50 if tls else 100) if kind in ANSWERED else (150 if tls else 400)
     # The deadline kinds start one connection once the previous one is only waiting, so
     # no connection's handshake queues behind a crowd of others and the deadline can be
     # short without a loaded machine ending a connection before its upgrade.

@@ -71,8 +71,9 @@ PING_FRAME: Final = Frame(Opcode.PING, b"").serialize(mask=False)
 # websockets logs every connection at INFO: a separate, quieter logger.
 _ws_logger = logging.getLogger("arraycrypto.server.websocket")
 
-# One ServerProtocol serves every upgrade for its process_request(), which only reads the
-# request and its own settings (no extension, no subprotocol).
+# One ServerProtocol serves every upgrade for its process_request(): it checks the request
+# against its own settings (no origin list, no extension, no subprotocol, so it never
+# negotiates one), and the attributes it sets on itself are never read.
 _ACCEPTOR: Final = ServerProtocol(logger=_ws_logger)
 
 
