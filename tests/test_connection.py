@@ -313,6 +313,14 @@ def test_an_invalid_upgrade_is_refused(headers: bytes) -> None:
     assert upgrade(b"GET /ws HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n") is None
 
 
+def test_an_http_1_0_upgrade_is_refused() -> None:
+    # RFC 6455, 4.1: the handshake is an HTTP/1.1 request. An HTTP/1.0 one got a 101.
+    valid = b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + RFC_KEY
+    valid += b"Sec-WebSocket-Version: 13\r\n\r\n"
+    assert upgrade(b"GET /ws HTTP/1.1\r\nHost: x\r\n" + valid) is not None
+    assert upgrade(b"GET /ws HTTP/1.0\r\nHost: x\r\n" + valid) is None
+
+
 def tamper(wire: Wire, change: Callable[[dict[str, Any]], None]) -> list[object]:
     """Deliver the server's bytes to the client through a relay that edits them."""
     data = frames.rewrite_text(b"".join(wire.server.data_to_send()), change)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 from pathlib import Path
 
 import anyio
@@ -396,7 +397,7 @@ async def test_http_snapshot_health_metrics() -> None:
         await client.aclose()
 
 
-async def test_http_errors_are_json() -> None:
+async def test_http_errors_are_json(caplog: pytest.LogCaptureFixture) -> None:
     async with running_server() as server:
         port = server.port
         assert port
@@ -412,6 +413,19 @@ async def test_http_errors_are_json() -> None:
         for garbage in (b"\x00\x01\x02garbage\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9\r\n\r\n"):
             status, _, body = await http_request(port, garbage)
             assert (status, json.loads(body)) == (400, {"error": "bad request"})
+        # Upgrades that are not RFC 6455's (PROTOCOL.md, section 6): an HTTP/1.0 one, a
+        # bad key, a header value websockets refuses. Each a 400, and nothing logged as
+        # an error on the way.
+        upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        for request in (
+            b"GET /ws HTTP/1.0\r\nHost: x\r\n" + upgrade + key + b"\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n" + upgrade + b"Sec-WebSocket-Key: c2hvcnQ=\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n" + upgrade + key + b"X-Note: a\x01b\r\n\r\n",
+        ):
+            status, _, body = await http_request(port, request)
+            assert (status, json.loads(body)) == (400, {"error": "invalid websocket handshake"})
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("body", [b"", b'{"hash": "00"}', b"x" * 100_000])

@@ -39,13 +39,15 @@ class RequestHead(NamedTuple):
     """A parsed request line and headers.
 
     ``headers`` has lowercased names with repeated values joined by ", ";
-    ``raw_headers`` keeps every header line as it came (for the WebSocket upgrade).
+    ``raw_headers`` keeps every header line as it came (for the WebSocket upgrade);
+    ``version`` is the request line's ("HTTP/1.1" or "HTTP/1.0").
     """
 
     method: str
     target: str
     headers: dict[str, str]
     raw_headers: tuple[tuple[str, str], ...] = ()
+    version: str = "HTTP/1.1"
 
     @property
     def path(self) -> str:
@@ -100,7 +102,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
         raise ValueError("bad request line")
-    method, target, _ = parts
+    method, target, version = parts
     if not _TOKEN.match(method.encode()) or not target.startswith("/"):
         raise ValueError("bad request line")
     if len(lines) - 1 > MAX_HEADERS:
@@ -115,7 +117,7 @@ def parse_request_head(head: bytes) -> RequestHead:
         value = value.strip(" \t")
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
         raw.append((name, value))
-    return RequestHead(method, target, headers, tuple(raw))
+    return RequestHead(method, target, headers, tuple(raw), version)
 
 
 def response(

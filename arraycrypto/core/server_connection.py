@@ -198,9 +198,14 @@ class ServerConnection:
         ``deadline`` is when the handshake must be done (the pre-authentication phase's
         one deadline, from accept).
         """
-        # websockets checks the upgrade request (Connection, Upgrade, the key, version
-        # 13) and computes Sec-WebSocket-Accept. No extension is offered: compression
-        # would double the fan-out's CPU and make frame bytes differ between clients.
+        # RFC 6455, 4.1: an HTTP/1.1 request. websockets' Request does not carry the
+        # version in every release we support (websockets>=14), so it is checked here.
+        if request.version != "HTTP/1.1":
+            return None
+        # websockets checks the rest of the upgrade request (Connection, Upgrade, the
+        # key, version 13) and computes Sec-WebSocket-Accept. No extension is offered:
+        # compression would double the fan-out's CPU and make frame bytes differ
+        # between clients.
         try:
             accept, _, _ = _ACCEPTOR.process_request(
                 Request(request.target, Headers(request.raw_headers))
