@@ -35,9 +35,8 @@ from pathlib import Path
 
 from scripts.fanout_children import PING_ENV
 from tests.harness.epoll_clients import EpollClients
-from tests.harness.light import end, raise_fd_limit, read_tagged
+from tests.harness.light import ROOT, end, raise_fd_limit, read_tagged
 
-ROOT = Path(__file__).resolve().parent.parent
 WARM_UP = 200
 #: The tick interval, and both servers' ping interval: the longest a config allows, so
 #: that neither a tick (on the hour: one chance in 60 per minute measured) nor a ping

@@ -29,7 +29,7 @@ from arraycrypto.core.server_connection import (
 )
 
 from .harness import frames
-from .harness.constants import OTHER
+from .harness.constants import OTHER, RFC_6455_KEY
 from .harness.pure import Wire
 
 PUSH = Frame(Opcode.TEXT, b"{}").serialize(mask=False)
@@ -248,7 +248,7 @@ def test_server_error_4001_is_an_authentication_failure() -> None:
     assert isinstance(wire.client.error, AuthenticationError)
 
 
-RFC_KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"  # RFC 6455, 1.3
+RFC_KEY = b"Sec-WebSocket-Key: %s\r\n" % RFC_6455_KEY.encode()
 
 
 def upgrade(head: bytes) -> ServerConnection | None:

@@ -27,7 +27,7 @@ from arraycrypto.core import messages as m
 from .harness import hostile
 from .harness.cli import cli
 from .harness.clock import wait_for
-from .harness.constants import HOST, OTHER, SECRET
+from .harness.constants import HOST, OTHER, RFC_6455_KEY, SECRET
 from .harness.http import http_get, parse_response
 from .harness.peers import RawClient
 from .harness.proc import alive
@@ -36,7 +36,6 @@ from .harness.servers import ServeProcess, client_config, running_server, server
 pytestmark = pytest.mark.anyio
 
 OLD, NEW = SECRET, OTHER
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example Sec-WebSocket-Key
 NEW_ID = Keyring(NEW).primary.key_id
 
 
@@ -140,7 +139,7 @@ async def test_drain_spreads_the_goodbyes_and_turns_health_away() -> None:
             assert (status, json.loads(body)["status"]) == (503, "draining")
             late = await anyio.connect_tcp(HOST, server.port)
             async with late:  # a new WebSocket client is turned away too
-                await late.send(hostile.UPGRADE.format(host=HOST, key=KEY).encode())
+                await late.send(hostile.UPGRADE.format(host=HOST, key=RFC_6455_KEY).encode())
                 data = b""
                 with anyio.fail_after(5):
                     while b"\r\n\r\n" not in data:

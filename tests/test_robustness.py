@@ -16,7 +16,7 @@ from arraycrypto.core import messages as m
 from arraycrypto.net.tls import server_context
 
 from .harness import frames, hostile
-from .harness.constants import HOST
+from .harness.constants import HOST, RFC_6455_KEY
 from .harness.http import http_get
 from .harness.peers import RawClient
 from .harness.servers import client_config, running_server, server_config, with_tls
@@ -165,7 +165,7 @@ async def test_the_whole_pre_authentication_phase_has_one_deadline() -> None:
         stream = await hostile.connect(server.port)
         reader = hostile.Reader(stream)
         async with stream:
-            head = hostile.UPGRADE.format(host=HOST, key="dGhlIHNhbXBsZSBub25jZQ==").encode()
+            head = hostile.UPGRADE.format(host=HOST, key=RFC_6455_KEY).encode()
             outcome = "eof"
             with anyio.fail_after(10):
                 try:

@@ -15,7 +15,7 @@ from arraycrypto.core import messages as m
 
 from .harness import frames, hostile
 from .harness.clock import current_ms
-from .harness.constants import HOST, OTHER, SECRET
+from .harness.constants import HOST, OTHER, RFC_6455_KEY, SECRET
 from .harness.http import http_get, http_request
 from .harness.peers import RawClient
 from .harness.pure import answer
@@ -417,7 +417,7 @@ async def test_http_errors_are_json(caplog: pytest.LogCaptureFixture) -> None:
         # bad key, a header value websockets refuses. Each a 400, and nothing logged as
         # an error on the way.
         upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        key = b"Sec-WebSocket-Key: %s\r\n" % RFC_6455_KEY.encode()
         for request in (
             b"GET /ws HTTP/1.0\r\nHost: x\r\n" + upgrade + key + b"\r\n",
             b"GET /ws HTTP/1.1\r\nHost: x\r\n" + upgrade + b"Sec-WebSocket-Key: c2hvcnQ=\r\n\r\n",
