@@ -15,12 +15,11 @@ Needs valgrind (Debian package ``valgrind``). ``--before`` needs a checkout whos
 its bench_fanout must take ``_server arraycrypto-default``.
 
 On this shared 2-core VM, timed runs of the same code spread by 20 %; these counts by
-about 3 %. What they leave out: the collector, the kernel's side of each system call
-(about a fifth of connecting's CPU here, from `/proc`), and timing: the server runs
-about 50 times slower under callgrind, and one connection at a time costs more per
-connection than a crowd (each pays a loop iteration of its own). Compare code with it;
-measure time, collectors and crowds with ``bench_fanout``. Only 127.0.0.1; every
-process started is ended.
+about 3 %. What they leave out: the collector, the kernel's side of each system call,
+and timing: the server runs about 50 times slower under callgrind, and one connection
+at a time costs more per connection than a crowd (each pays a loop iteration of its
+own). Compare code with it; measure time, collectors and crowds with ``bench_fanout``.
+Only 127.0.0.1; every process started is ended.
 """
 
 from __future__ import annotations

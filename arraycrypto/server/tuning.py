@@ -137,10 +137,8 @@ NO_FULL_COLLECTIONS: Final = 1_000_000
 #: The young generation's threshold under the "paced" policy. Between two of its
 #: collections (0.1 s) 10 000 connecting clients allocate about 30 000 objects: with
 #: the automatic threshold at 10 000, young collections ran in between, and what they
-#: moved to the middle generation was scanned again by the paced one (collections while
-#: they connect: 239-375 ms, against 148-217 ms at 50 000 or 100 000, with no young
-#: collection of their own). Not higher: a burst that outruns the clock still gets a
-#: young collection before it grows long.
+#: moved to the middle generation was scanned again by the paced one. Not higher: a
+#: burst that outruns the clock still gets a young collection before it grows long.
 PACED_YOUNG: Final = 50_000
 #: Seconds between two freezes of the long-lived heap under the "frozen" policy.
 FREEZE_EVERY: Final = 60.0
