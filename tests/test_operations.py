@@ -85,7 +85,7 @@ async def test_reload_refuses_what_needs_a_restart() -> None:
             server.reload(with_tls)
         tighter = msgspec.structs.replace(server.config, max_connections=7, write_timeout=1.0)
         server.reload(tighter)
-        assert server.listener.admission.max_connections == 7
+        assert server.listener.door.admission.max_connections == 7
 
 
 async def test_certificate_rotation_by_reload(tmp_path: Path) -> None:

@@ -82,9 +82,12 @@ def head_problem(buffer: bytes | bytearray) -> str | None:
     return None
 
 
-def find_head_end(buffer: bytes | bytearray) -> int:
-    """Return the length of the request head in ``buffer`` (through CRLFCRLF), or -1."""
-    end = buffer.find(b"\r\n\r\n")
+def find_head_end(buffer: bytes | bytearray, within: int | None = None) -> int:
+    """Return the length of the request head in ``buffer`` (through CRLFCRLF), or -1.
+
+    ``within``: only a head that ends in the first ``within`` bytes counts.
+    """
+    end = buffer.find(b"\r\n\r\n", 0, within)
     return -1 if end < 0 else end + 4
 
 

@@ -176,6 +176,20 @@ class SocketStream:
         self._out += data
         await self.flush()
 
+    def receive_now(self, max_bytes: int = _READ_SIZE) -> bytes | None:
+        """Return the bytes already received, None if there are none yet, b"" at the end.
+
+        Never waits; raises anyio.BrokenResourceError if the connection failed.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        try:
+            return self._sock.recv(max_bytes)
+        except _WOULD_BLOCK:
+            return None
+        except OSError as exc:
+            raise anyio.BrokenResourceError(str(exc)) from None
+
     async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
         """Return the next bytes; raise anyio.EndOfStream at the end of input."""
         while True:

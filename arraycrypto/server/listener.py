@@ -1,9 +1,12 @@
 """The listener: accept connections, admit or refuse them, and run each one's life.
 
-Per connection: the ``max_connections`` check (before any TLS handshake: a refused
-connection costs no handshake), TLS if configured, the HTTP request head; a WebSocket
-upgrade on the configured path becomes a :class:`ServerConnection` driven by the one
-driver loop until it ends, anything else is answered by the HTTP shim.
+Per connection: the ``max_connections`` check (:mod:`.door`, before any TLS handshake:
+a refused connection costs no handshake), TLS if configured, the HTTP request head; a
+WebSocket upgrade on the configured path becomes a :class:`ServerConnection` driven by
+the one driver loop until it ends, anything else is answered by the HTTP shim. A
+plain-TCP connection on Linux waits for its request head and handshake in the
+handshake room (:mod:`.handshakes`), without a task, and gets its task at its first
+event; the task goes on from there with the same code.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import anyio.abc
 import anyio.lowlevel
 
 from ..core import http
-from ..core.admission import Admission
 from ..core.config import ServerConfig
 from ..core.keys import CHALLENGE_SIZE, Key
 from ..core.server_connection import (
@@ -37,7 +39,9 @@ from ..net.driver import Driver
 from ..net.logs import RateLimitedLog
 from ..net.sockets import STREAM_ERRORS, DirectStream, SocketStream
 from ..net.tls import ServerTLSStream
+from .door import Door
 from .fanout import Fanout, Subscriber
+from .handshakes import Arrival, HandshakeRoom
 from .metrics import Metrics
 from .shim import Failure, Shim
 
@@ -96,22 +100,18 @@ class Listener:
         self._key = key
         self._current = current
         self._ssl = ssl_context
-        self.admission = Admission(config.max_connections, config.pending_limit)
-        self._pending: dict[int, SocketStream] = {}  # ticket -> stream, to evict
-        self._incoming = 0  # accepted, not yet admitted (their tasks have not run)
-        # Set when a pending connection leaves the pool, while accepting waits for that.
-        self._room: anyio.Event | None = None
+        self.door = Door(config, metrics)
+        #: Plain-TCP connections before their first event (Linux), while the server runs.
+        self.handshake_room: HandshakeRoom | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
         # Port scanners, floods and dying clients repeat the same lines at network speed.
         self._warnings = RateLimitedLog(logger)
-        metrics.gauges["pending_connections"] = lambda: self.admission.pending
-        metrics.gauges["pending_evict_age_seconds"] = lambda: self.admission.evict_age
 
     def reload(self, config: ServerConfig, ssl_context: ssl.SSLContext | None) -> None:
         """Take a new config and TLS context: new connections get them, open ones keep theirs."""
         self.config = config
         self._ssl = ssl_context
-        self.admission.max_connections = config.max_connections
-        self.admission.max_pending = config.pending_limit
+        self.door.reload(config)
 
     async def accept_loop(self, sock: _Listening, tg: anyio.abc.TaskGroup) -> None:
         """Accept on a listening socket until cancelled, one task per connection.
@@ -128,9 +128,9 @@ class Listener:
             await anyio.wait_readable(sock)
             for _ in range(_ACCEPT_BATCH):
                 now = time.monotonic()
-                until = self.admission.wait_until(now, self._incoming)
+                until = self.door.wait_until(now)
                 if until is not None:
-                    await self._wait_for_room(until - now)
+                    await self.door.wait_for_room(until - now)
                     break  # then look at the socket again
                 try:
                     client, _addr = sock.accept()
@@ -153,80 +153,115 @@ class Listener:
                         logging.INFO, "connection", "accept failed (%s): skipped", exc.strerror
                     )
                     continue
-                # A fixed task name: deriving one from the function costs per connection.
-                self._incoming += 1
-                tg.start_soon(self._connection, client, name="arraycrypto connection")
+                self._take(client, tg)
             else:
                 await anyio.lowlevel.checkpoint()  # a long batch: let the others run
 
-    async def _wait_for_room(self, seconds: float) -> None:
-        """Leave newcomers in the kernel's accept queue while the pending pool is full of
-        connections too young to evict (a reconnect storm: all mid-handshake).
+    def _take(self, sock: socket.socket, tg: anyio.abc.TaskGroup) -> None:
+        """Hand a new connection to the handshake room, or to a task of its own.
 
-        Until a pending connection leaves the pool, or ``seconds``, when the oldest is
-        old enough to evict (core/admission.py says why).
+        A method of its own: a local in the accept loop would keep the last connection
+        alive while it waits.
         """
-        if seconds <= 0:
-            await anyio.lowlevel.checkpoint()  # the accepted ones' tasks run first
+        room = self.handshake_room
+        # A fixed task name: deriving one from the function costs per connection.
+        if room is None or self._ssl is not None:
+            # TLS (its handshake needs a task), or no room (not Linux).
+            self.door.incoming += 1
+            tg.start_soon(self._connection, sock, name="arraycrypto connection")
             return
-        self.metrics.accept_paused_total += 1
-        if self._room is None:  # one event for every listening socket's loop
-            self._room = anyio.Event()
-        room = self._room
-        with anyio.move_on_after(seconds):
-            await room.wait()
-        if self._room is room:
-            self._room = None
+        arrival = self.door.arrive(sock, None)
+        if arrival.ticket:
+            room.add(arrival)
+        else:  # refused: a task answers 503
+            tg.start_soon(self._run, arrival, (), name="arraycrypto connection")
 
-    def _authenticated(self, ticket: int, now: float | None = None) -> None:
-        """The connection proved itself (``now``) or was answered: room in the pool."""
-        self.admission.authenticated(ticket, now)
-        self._left_pool()
+    async def run_handshake_room(
+        self,
+        tg: anyio.abc.TaskGroup,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the handshake room for plain-TCP connections until cancelled (Linux).
 
-    def _left_pool(self) -> None:
-        if self._room is not None:
-            self._room.set()
-            self._room = None
+        ``tg``: where a connection leaving the room gets its task. Started (``tg.start``)
+        once the room takes connections.
+        """
+        if not HandshakeRoom.available():
+            task_status.started()
+            return
+        self._tg = tg
+        self.handshake_room = room = HandshakeRoom(self)
+        task_status.started()
+        try:
+            await room.run()
+        finally:
+            self.handshake_room = None
+
+    # -- what the handshake room asks (handshakes.Host) -----------------------------------
+
+    def upgrade_here(
+        self, request: http.RequestHead, now: float, deadline: float
+    ) -> ServerConnection | None:
+        """Upgrade ``request`` if the room may take it; None: leave it to a task.
+
+        The task's :meth:`_open` answers everything else, as for every connection.
+        """
+        if not self._upgradable(request) or self._draining():
+            return None
+        return self._upgrade(request, now, deadline)
+
+    def resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
+        """Give a connection leaving the room its own task, from where it left."""
+        assert self._tg is not None
+        self._tg.start_soon(self._run, arrival, events, name="arraycrypto connection")
+
+    def finish(self, arrival: Arrival) -> None:
+        """A connection ended in the room (evicted, or the server stopped): count it out."""
+        self._ended(arrival.ticket, arrival.conn)
+        arrival.stream.close()
+
+    # -- a connection's task ---------------------------------------------------------------
 
     async def _connection(self, sock: socket.socket) -> None:
-        """One connection's whole life, in one frame: an idle subscriber waits here.
+        """A connection with a task from accept on: TLS, or no handshake room."""
+        self.door.incoming -= 1  # admitted below, before any await
+        await self._run(self.door.arrive(sock, self._ssl), ())
 
-        Everything a subscribed connection keeps while it waits for its next bytes is in
-        this frame, the driver's step and the stream's receive: each suspended frame
-        costs every connection memory, so the phases before it return first.
+    async def _run(self, arrival: Arrival, events: Sequence[Event] | None) -> None:
+        """The rest of one connection's life, in one frame: an idle subscriber waits here.
+
+        From accept (``arrival`` fresh), or from where the handshake room left it: the
+        head read so far, or the connection object and its first ``events``. Everything
+        a subscribed connection keeps while it waits for its next bytes is in this frame,
+        the driver's step and the stream's receive: each suspended frame costs every
+        connection memory, so the phases before it return first.
         """
-        self._incoming -= 1  # admitted below, before any await
-        metrics = self.metrics
-        metrics.connections_total += 1
-        metrics.connections += 1
-        stream: DirectStream | None = None
-        conn: ServerConnection | None = None
+        stream: DirectStream = arrival.stream
+        plain, ticket, conn = arrival.stream, arrival.ticket, arrival.conn
         subscriber: Subscriber | None = None
-        ticket = 0
         try:
-            # Small frames must leave at once (pushes, the welcome): no Nagle delay.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            stream = plain = SocketStream(sock)
-            # Admitted before any TLS handshake: a refused connection costs none.
-            ticket = self._admit(plain)
             if not ticket:
-                metrics.rejected_full_total += 1
-                if self._ssl is None:
+                self.metrics.rejected_full_total += 1
+                if arrival.ssl is None:
                     await self.shim.reply(plain, "-", 503, {"error": "server full"})
                 return  # TLS: refused by closing
-            # One deadline for everything before authentication: TLS, the request head,
-            # the handshake. A slow drip holds a place for handshake_timeout at most.
-            deadline = time.monotonic() + self.config.handshake_timeout
-            if self._ssl is not None:
-                stream = await self._tls(plain, deadline)
-            opened = await self._open(stream, ticket, deadline)
-            if opened is None:
-                return  # answered over plain HTTP
-            conn, first = opened
-            del opened
+            if conn is None:
+                # One deadline for everything before authentication: TLS, the request
+                # head, the handshake. A slow drip holds a place for handshake_timeout.
+                if arrival.ssl is not None:
+                    stream = await self._tls(plain, arrival.ssl, arrival.deadline)
+                    # The request head's own time starts once TLS is up.
+                    head_by = time.monotonic() + self.config.http_read_timeout
+                    arrival.head_by = min(arrival.deadline, head_by)
+                opened = await self._open(stream, arrival)
+                if opened is None:
+                    return  # answered over plain HTTP
+                conn, events = opened
+                del opened
+            del arrival
+            await stream.flush()  # what the room could not write at once
             driver = Driver(stream, conn, time.monotonic)
-            events: Sequence[Event] | None = first
-            del first
             try:
                 while events is not None:
                     subscriber = self._handle(events, conn, stream, ticket) or subscriber
@@ -243,57 +278,43 @@ class Listener:
         except Exception:
             logger.exception("unexpected error on a connection")
         finally:
-            metrics.connections -= 1
-            if ticket:
-                self._pending.pop(ticket, None)
-                self.admission.done(ticket)
-                self._left_pool()
+            self._ended(ticket, conn)
             if subscriber is not None:
                 self.fanout.discard(subscriber)
                 logger.debug("session %s ended", subscriber.session_id)
-            if conn is not None:
-                conn.release()
-            if stream is None:
-                sock.close()
-            else:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    await stream.aclose()
-                stream.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await stream.aclose()
+            stream.close()
 
-    def _admit(self, stream: SocketStream) -> int:
-        """A ticket for a new connection (evicting the oldest pending one), or 0: full."""
-        admitted = self.admission.arrive(time.monotonic())
-        if admitted is None:
-            return 0
-        ticket, evicted = admitted
-        if evicted is not None:
-            self.metrics.pending_evicted_total += 1
-            # Closing the socket wakes that connection's task, which ends.
-            victim = self._pending.pop(evicted, None)
-            if victim is not None:
-                victim.close()
-        self._pending[ticket] = stream
-        return ticket
+    def _ended(self, ticket: int, conn: ServerConnection | None) -> None:
+        """A connection ended: out of the count and the admission; websockets' cycles."""
+        self.door.ended(ticket)
+        if conn is not None:
+            conn.release()
 
-    async def _tls(self, stream: SocketStream, deadline: float) -> ServerTLSStream:
-        assert self._ssl is not None
+    async def _tls(
+        self, stream: SocketStream, context: ssl.SSLContext, deadline: float
+    ) -> ServerTLSStream:
         try:
             with anyio.fail_after(deadline - time.monotonic()):
-                return await ServerTLSStream.wrap(stream, self._ssl)
+                return await ServerTLSStream.wrap(stream, context)
         except (TimeoutError, ssl.SSLError, *STREAM_ERRORS) as exc:
             # A port scanner or a plaintext client is not a server error: one line.
             self._warnings.log(logging.INFO, "tls", "TLS handshake failed: %s", type(exc).__name__)
             raise anyio.BrokenResourceError from None
 
     async def _open(
-        self, stream: DirectStream, ticket: int, deadline: float
+        self, stream: DirectStream, arrival: Arrival
     ) -> tuple[ServerConnection, Sequence[Event]] | None:
         """Read the request head; answer plain HTTP, or upgrade to a WebSocket connection.
 
         Returns the connection and the events of any bytes that followed the head, or
         None when the request was answered (or never came).
         """
-        got = await self.shim.read_head(stream, deadline - time.monotonic())
+        ticket = arrival.ticket
+        got = await self.shim.read_head(
+            stream, arrival.head_by - time.monotonic(), prefix=arrival.head
+        )
         if isinstance(got, Failure):
             await self.shim.answer_failure(stream, got)
             return None
@@ -303,21 +324,38 @@ class Listener:
         except ValueError:
             await self.shim.reply(stream, "-", 400, {"error": "bad request"})
             return None
-        if (
-            request.path != self.config.path
-            or request.method != "GET"
-            or not request.is_websocket_upgrade()
-        ):
-            self._authenticated(ticket)  # a complete request: not a slow one
+        if not self._upgradable(request):
+            self.door.authenticated(ticket)  # a complete request: not a slow one
             await self.shim.answer(stream, request)
             return None
         if self._draining():
             # Lame duck: new clients go to another server (the load balancer's job too).
-            self._authenticated(ticket)
+            self.door.authenticated(ticket)
             await self.shim.reply(stream, request.path, 503, {"error": "draining"}, request)
             return None
         now = time.monotonic()
-        conn = ServerConnection.upgrade(
+        conn = self._upgrade(request, now, arrival.deadline)
+        if conn is None:
+            await self.shim.reply(
+                stream, self.config.path, 400, {"error": "invalid websocket handshake"}
+            )
+            return None
+        # Bytes the client sent right after its request head belong to the WebSocket.
+        return conn, conn.receive_data(rest, now) if rest else ()
+
+    def _upgradable(self, request: http.RequestHead) -> bool:
+        """Whether ``request`` asks for the WebSocket (anything else the shim answers)."""
+        return (
+            request.path == self.config.path
+            and request.method == "GET"
+            and request.is_websocket_upgrade()
+        )
+
+    def _upgrade(
+        self, request: http.RequestHead, now: float, deadline: float
+    ) -> ServerConnection | None:
+        """The connection object for an upgrade request (None: websockets refuses it)."""
+        return ServerConnection.upgrade(
             request,
             key=self._key(),
             challenge=os.urandom(CHALLENGE_SIZE),
@@ -328,13 +366,6 @@ class Listener:
             now=now,
             deadline=deadline,
         )
-        if conn is None:
-            await self.shim.reply(
-                stream, self.config.path, 400, {"error": "invalid websocket handshake"}
-            )
-            return None
-        # Bytes the client sent right after its request head belong to the WebSocket.
-        return conn, conn.receive_data(rest, now) if rest else ()
 
     def _handle(
         self, events: Sequence[Event], conn: ServerConnection, stream: DirectStream, ticket: int
@@ -343,8 +374,7 @@ class Listener:
         subscriber = None
         for event in events:
             if isinstance(event, Subscribed):
-                self._authenticated(ticket, time.monotonic())
-                self._pending.pop(ticket, None)
+                self.door.subscribed(ticket, time.monotonic())
                 self.metrics.handshakes_ok_total += 1
                 subscriber = self.fanout.add(conn, stream)
                 logger.debug("session %s subscribed", event.session_id)

@@ -83,18 +83,22 @@ class Shim:
             "detail": f"the WebSocket path is {config.path}; HTTP routes: {routes}",
         }
 
-    async def read_head(self, stream: Stream, remaining: float) -> tuple[bytes, bytes] | Failure:
+    async def read_head(
+        self, stream: Stream, remaining: float, prefix: bytes = b""
+    ) -> tuple[bytes, bytes] | Failure:
         """Return (head, bytes after it), or why there is no head to answer.
 
         The head must arrive within ``http_read_timeout`` and ``remaining`` seconds (what
         is left of the connection's pre-authentication deadline); bytes that can never
         begin a request (a TLS ClientHello, binary garbage) are refused at once.
+        ``prefix``: what was already read from the stream (by the handshake room).
         """
-        buffer = bytearray()
+        buffer = bytearray(prefix)
         limit = self.config.http_max_request_size
         with anyio.move_on_after(min(self.config.http_read_timeout, remaining)):
             while True:
-                end = http.find_head_end(buffer)
+                # Read to one byte past the limit, never further: a head ending there.
+                end = http.find_head_end(buffer, limit + 1)
                 if end >= 0:
                     return bytes(buffer[:end]), bytes(buffer[end:])
                 problem = http.head_problem(buffer)

@@ -1,0 +1,266 @@
+"""The handshake room: plain-TCP connections read by one task until their first event.
+
+With a task per connection from accept on, half of the server's CPU per connection
+went to that task (``scripts/connect_floor.py``: the same handshakes driven without
+tasks took 0.49x the CPU): the task, its cancel scopes and a readiness registration
+for each wait, for a connection that mostly waits one round trip for the client's
+handshake frame (docs/benchmarks.md, "The handshake room"). So on Linux a plain-TCP
+connection spends those first round trips here: one task waits on a nested epoll
+(``anyio.wait_readable`` on the epoll's own descriptor, the same under asyncio and
+trio) and reads every socket that is ready. The request head, the upgrade (the 101 and
+the challenge, written at once) and the bytes of the client's handshake frame are
+handled synchronously, by the same pure core.
+
+A connection leaves the room for a task of its own (the listener's, the code that TLS
+connections run from accept) at its first event (subscribed, or the handshake failed),
+when its connection object is no longer waiting for the handshake (a close), at
+anything off the happy path (a plain HTTP request, an upgrade the listener does not
+take here, bytes that cannot begin a request, the end of input, an error, a write the
+kernel did not take), or at its deadline. The task goes on from exactly where the room
+left: the bytes of a head read so far, or the connection object and its events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import select
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ..core import http
+from ..core.config import ServerConfig
+from ..core.server_connection import Event, ServerConnection, ServerPhase
+from ..net.sockets import SocketStream
+
+__all__ = ["Arrival", "HandshakeRoom", "Host"]
+
+logger = logging.getLogger("arraycrypto.server")
+
+_READ_SIZE: Final = 65536
+#: Ready sockets read per wake-up before the room lets the other tasks run (a tick).
+_BATCH: Final = 256
+
+
+class Arrival:
+    """A connection from accept until it has a task: what that task goes on from."""
+
+    __slots__ = ("conn", "deadline", "fd", "head", "head_by", "on_close", "ssl", "stream", "ticket")
+
+    def __init__(
+        self,
+        stream: SocketStream,
+        ticket: int,
+        now: float,
+        config: ServerConfig,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.stream = stream
+        self.fd = stream.socket.fileno()
+        #: The admission ticket (0: refused, the server is full).
+        self.ticket = ticket
+        #: The pre-authentication deadline (TLS, request head, handshake), monotonic.
+        self.deadline = now + config.handshake_timeout
+        #: When the request head must be complete.
+        self.head_by = min(self.deadline, now + config.http_read_timeout)
+        #: The bytes of the request head read so far (while ``conn`` is None).
+        self.head = b""
+        #: The connection once upgraded.
+        self.conn: ServerConnection | None = None
+        #: The TLS context to wrap the stream with (accepted on a TLS port).
+        self.ssl = ssl_context
+        #: Set while the room holds it: the room ends it (it has no task to wake).
+        self.on_close: Callable[[Arrival], None] | None = None
+
+    def close(self) -> None:
+        """End the connection (eviction): close its socket, which wakes its task."""
+        if self.on_close is not None:
+            self.on_close(self)
+        else:
+            self.stream.close()
+
+
+class Host(Protocol):
+    """What the room needs from the listener."""
+
+    config: ServerConfig
+
+    def upgrade_here(
+        self, request: http.RequestHead, now: float, deadline: float
+    ) -> ServerConnection | None:
+        """Upgrade a request the room may take (None: leave it to a task)."""
+
+    def resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
+        """Give the connection a task, which goes on from where the room left it."""
+
+    def finish(self, arrival: Arrival) -> None:
+        """The connection ended in the room: count it out and close it."""
+
+
+class HandshakeRoom:
+    """Plain-TCP connections from accept to their first event, on one epoll."""
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this platform has the pollable poller the room needs (Linux: epoll)."""
+        return hasattr(select, "epoll")
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._poller = select.epoll()
+        self._arrivals: dict[int, Arrival] = {}  # fd -> its connection
+        self._by_ticket: dict[int, Arrival] = {}
+        # (deadline, ticket): when the room must look at a connection again. Entries of
+        # connections that left stay until their time (tickets are never reused).
+        self._deadlines: list[tuple[float, int]] = []
+        self._wait: anyio.CancelScope | None = None  # the room's current wait
+
+    def __len__(self) -> int:
+        return len(self._arrivals)
+
+    def add(self, arrival: Arrival) -> None:
+        """Take a newly accepted (and admitted) connection."""
+        self._poller.register(arrival.fd, select.EPOLLIN)
+        self._arrivals[arrival.fd] = arrival
+        self._by_ticket[arrival.ticket] = arrival
+        arrival.on_close = self._evict
+        when = arrival.head_by
+        heapq.heappush(self._deadlines, (when, arrival.ticket))
+        wait = self._wait
+        if wait is not None:
+            wake = anyio.current_time() + (when - time.monotonic())
+            if wake < wait.deadline:
+                wait.deadline = wake
+
+    async def run(self) -> None:
+        """Read ready connections until cancelled; then close those still here."""
+        epoll_fd = self._poller.fileno()
+        try:
+            while True:
+                with anyio.CancelScope() as wait:
+                    if self._deadlines:
+                        soonest = self._deadlines[0][0]
+                        wait.deadline = anyio.current_time() + (soonest - time.monotonic())
+                    self._wait = wait
+                    await anyio.wait_readable(epoll_fd)
+                self._wait = None
+                # In a method of its own: a loop variable here would keep the last
+                # connection read alive while the room waits.
+                if self._serve_ready() == _BATCH:
+                    await anyio.lowlevel.checkpoint()  # a crowd: let the ticker run
+        finally:
+            self._wait = None
+            for arrival in list(self._arrivals.values()):
+                self._leave(arrival)
+                conn = arrival.conn
+                if conn is not None:  # the server is stopping: say so, if it fits
+                    conn.going_away(time.monotonic())
+                    arrival.stream.write_now(b"".join(conn.data_to_send()))
+                self._host.finish(arrival)
+            self._poller.close()
+
+    def _serve_ready(self) -> int:
+        """Read every ready connection (a batch), then time out the overdue ones."""
+        ready = self._poller.poll(0, _BATCH)
+        now = time.monotonic()
+        for fd, _ in ready:
+            arrival = self._arrivals.get(fd)
+            if arrival is not None:
+                self._read(arrival, now)
+        self._expire(now)
+        return len(ready)
+
+    def _read(self, arrival: Arrival, now: float) -> None:
+        try:
+            data = arrival.stream.receive_now(_READ_SIZE)
+        except anyio.BrokenResourceError:
+            data = b""  # its task reads the failure again and ends it as usual
+        if data is None:
+            return
+        try:
+            if not data:
+                self._resume(arrival, ())
+            elif arrival.conn is None:
+                self._read_head(arrival, data, now)
+            else:
+                self._feed(arrival, arrival.conn, data, now)
+        except Exception:
+            logger.exception("unexpected error on a connection")
+            self._leave(arrival)
+            self._host.finish(arrival)
+
+    def _read_head(self, arrival: Arrival, data: bytes, now: float) -> None:
+        arrival.head = head = arrival.head + data
+        limit = self._host.config.http_max_request_size
+        size = http.find_head_end(head, limit + 1)  # the shim's limit (it reads no further)
+        if size < 0:
+            if http.head_problem(head) or len(head) > limit:
+                self._resume(arrival, ())  # its task refuses it
+            return
+        try:
+            request = http.parse_request_head(head[:size])
+        except ValueError:
+            conn = None
+        else:
+            conn = self._host.upgrade_here(request, now, arrival.deadline)
+        if conn is None:
+            self._resume(arrival, ())  # its task answers it (head and all)
+            return
+        arrival.conn = conn
+        arrival.head = b""
+        heapq.heappush(self._deadlines, (arrival.deadline, arrival.ticket))
+        if size < len(head):  # the client did not wait for the 101: its frame follows
+            self._feed(arrival, conn, head[size:], now)
+        else:
+            self._flush(arrival, conn)
+
+    def _feed(self, arrival: Arrival, conn: ServerConnection, data: bytes, now: float) -> None:
+        events = conn.receive_data(data, now)
+        if events or conn.phase is not ServerPhase.CHALLENGED:
+            self._resume(arrival, events)  # its task writes what the connection queued
+        else:
+            self._flush(arrival, conn)
+
+    def _flush(self, arrival: Arrival, conn: ServerConnection) -> None:
+        """Write what the connection queued (the 101 and the challenge, a pong)."""
+        data = b"".join(conn.data_to_send())  # still challenged: no end of output
+        stream = arrival.stream
+        if data and not stream.write_now(data):
+            stream.enqueue(data)
+        if stream.backlogged:
+            self._resume(arrival, ())  # its task sends the rest
+
+    def _expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, ticket = heapq.heappop(deadlines)
+            arrival = self._by_ticket.get(ticket)
+            # The head's deadline passed, or the handshake's; a connection that left
+            # or moved on to its later deadline is not due.
+            if arrival is not None and now >= (
+                arrival.head_by if arrival.conn is None else arrival.deadline
+            ):
+                self._resume(arrival, ())  # its task times it out
+
+    def _evict(self, arrival: Arrival) -> None:
+        # Before the socket closes: its descriptor number is free for the next accept.
+        self._leave(arrival)
+        self._host.finish(arrival)
+
+    def _leave(self, arrival: Arrival) -> None:
+        # Always before its socket closes (or moves to a task that waits on it).
+        if self._arrivals.get(arrival.fd) is arrival:
+            del self._arrivals[arrival.fd]
+            self._poller.unregister(arrival.fd)
+        self._by_ticket.pop(arrival.ticket, None)
+        arrival.on_close = None
+
+    def _resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
+        self._leave(arrival)
+        self._host.resume(arrival, events)
