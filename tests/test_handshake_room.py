@@ -9,6 +9,7 @@ adds. Real sockets on 127.0.0.1, both backends.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 
 import anyio
@@ -16,7 +17,8 @@ import anyio.abc
 import pytest
 
 from arraycrypto.core import messages as m
-from arraycrypto.server.handshakes import HandshakeRoom
+from arraycrypto.net.sockets import SocketStream
+from arraycrypto.server.handshakes import Arrival, HandshakeRoom
 
 from .harness import frames, hostile
 from .harness.clock import wait_for
@@ -111,3 +113,143 @@ async def test_stopping_says_goodbye_to_the_room_and_counts_everyone_out() -> No
         await stream.aclose()
     assert server.metrics.connections == 0
     assert server.listener.handshake_room is None
+
+
+def heads(room: HandshakeRoom) -> list[bytes]:
+    """The request-head bytes each connection in the room has been read so far."""
+    return [arrival.head for arrival in room._arrivals.values()]
+
+
+async def test_stopping_mid_handshake_is_a_closing_handshake_not_a_reset() -> None:
+    # The client's last bytes (a ping) may still be unread when the server stops:
+    # closing then would reset the connection, and the 1001 with it. The stopping
+    # server reads on, finishes the closing handshake, and ends with a FIN.
+    outcome: list[object] = []
+
+    async def goodbye(stream: anyio.abc.ByteStream, reader: hostile.Reader) -> None:
+        while (got := await reader.next_frame()) is not None and got[0] != frames.CLOSE:
+            pass
+        outcome.append(got and frames.close_code(got[1]))
+        await stream.send(hostile.frame(frames.CLOSE, got[1] if got else b""))
+        try:
+            outcome.append(await stream.receive())
+        except anyio.EndOfStream:
+            outcome.append("end of input")
+        except anyio.BrokenResourceError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg, running_server() as server:
+        assert server.port
+        stream, reader, _ = await challenged(server.port)
+        await stream.send(hostile.frame(frames.PING, b"late"))
+        tg.start_soon(goodbye, stream, reader)
+    await stream.aclose()
+    assert outcome == [1001, "end of input"]
+
+
+async def test_an_evicted_handshake_is_counted_out_as_disconnected() -> None:
+    config = server_config(max_pending=1, handshake_timeout=30, http_read_timeout=30)
+    async with running_server(config) as server:
+        assert server.port
+        first, reader, _ = await challenged(server.port)
+        # A newcomer finds the pool full; once the first is old enough (a second),
+        # the server takes the newcomer and evicts the first.
+        second = await hostile.connect(server.port)
+        with anyio.fail_after(10):
+            assert await reader.next_frame() is None  # evicted: closed
+        await wait_for(lambda: server.metrics.connections == 1)
+        assert server.metrics.pending_evicted_total == 1
+        assert server.metrics.handshakes_failed_total == {("disconnected",): 1}
+        await first.aclose()
+        await second.aclose()
+        await wait_for(lambda: server.metrics.connections == 0)
+        assert server.listener.door.admission.pending == 0
+
+
+async def test_a_head_read_in_pieces() -> None:
+    async with running_server() as server:
+        assert server.port
+        room = server.listener.handshake_room
+        assert room is not None
+        stream = await hostile.connect(server.port)
+        reader = hostile.Reader(stream)
+        async with stream:
+            key = base64.b64encode(os.urandom(16)).decode()
+            request = hostile.UPGRADE.format(host=HOST, key=key).encode()
+            # Each piece read by the room before the next is sent: three reads.
+            await stream.send(request[:10])
+            await wait_for(lambda: heads(room) == [request[:10]])
+            await stream.send(request[10:60])
+            await wait_for(lambda: heads(room) == [request[:60]])
+            await stream.send(request[60:])
+            head = await reader.head()
+            assert head.startswith(b"HTTP/1.1 101"), head[:80]
+
+
+async def test_a_write_the_kernel_takes_in_part_is_finished_by_the_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kernel may take part of a write: the room queues the rest and the connection
+    # moves to its task, which sends it before anything else.
+    write_now = SocketStream.write_now
+
+    def partly(self: SocketStream, data: bytes) -> bool:
+        if len(data) <= 10 or self.backlogged or self.busy:
+            return write_now(self, data)
+        taken = write_now(self, data[:10])
+        if taken:
+            self.enqueue(data[10:])
+        return taken
+
+    monkeypatch.setattr(SocketStream, "write_now", partly)
+    async with running_server(server_config(tick_interval=0.1)) as server:
+        assert server.port
+        stream, reader = await hostile.subscribe(server.port)  # the 101 came whole
+        async with stream:
+            got = await reader.next_frame()
+            assert got is not None
+            assert isinstance(m.decode(got[1]), m.SnapshotMessage)
+
+
+async def test_an_empty_room_does_not_wake(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Connections that left keep their deadline entries until their time: the room
+    # must not wake for them (a wake-up per connection, for nothing).
+    wakes = 0
+    serve_ready = HandshakeRoom._serve_ready
+
+    def counted(self: HandshakeRoom) -> int:
+        nonlocal wakes
+        wakes += 1
+        return serve_ready(self)
+
+    monkeypatch.setattr(HandshakeRoom, "_serve_ready", counted)
+    config = server_config(http_read_timeout=0.2, handshake_timeout=0.3, tick_interval=60)
+    async with running_server(config) as server:
+        assert server.port
+        clients = [await hostile.subscribe(server.port) for _ in range(N)]
+        before = wakes
+        await anyio.sleep(0.5)  # past every deadline the clients had: nothing to do
+        assert wakes == before
+        for stream, _ in clients:
+            await stream.aclose()
+
+
+async def test_a_connection_the_room_cannot_take_gets_a_task(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    add = HandshakeRoom.add
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def full_once(self: HandshakeRoom, arrival: Arrival) -> None:
+        if failures:
+            raise failures.pop()
+        add(self, arrival)
+
+    monkeypatch.setattr(HandshakeRoom, "add", full_once)
+    async with running_server() as server:
+        assert server.port
+        for _ in range(2):  # the first gets a task, the second the room: both served
+            stream, _ = await hostile.subscribe(server.port)
+            await stream.aclose()
+        assert server.metrics.handshakes_ok_total == 2
+    assert "handshake room full (No space left on device)" in caplog.text

@@ -132,6 +132,10 @@ class Driver(Generic[E]):
         # whose traceback holds this frame and so the connection (a reference cycle).
         return self._eof()
 
+    def end_of_input(self) -> Sequence[E]:
+        """Feed the end of input (once): for a caller whose own write found the peer gone."""
+        return self._eof()
+
     def _eof(self) -> Sequence[E]:
         # Once only: after the end of input there is nothing more to read.
         if self._eof_received:

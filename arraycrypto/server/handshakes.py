@@ -100,7 +100,7 @@ class Host(Protocol):
         """Give the connection a task, which goes on from where the room left it."""
 
     def finish(self, arrival: Arrival) -> None:
-        """The connection ended in the room: count it out and close it."""
+        """The connection ended in the room (evicted, stopped): count it out, close it."""
 
 
 class HandshakeRoom:
@@ -144,8 +144,8 @@ class HandshakeRoom:
         try:
             while True:
                 with anyio.CancelScope() as wait:
-                    if self._deadlines:
-                        soonest = self._deadlines[0][0]
+                    soonest = self._next_due()
+                    if soonest is not None:
                         wait.deadline = anyio.current_time() + (soonest - time.monotonic())
                     self._wait = wait
                     await anyio.wait_readable(epoll_fd)
@@ -155,15 +155,33 @@ class HandshakeRoom:
                 if self._serve_ready() == _BATCH:
                     await anyio.lowlevel.checkpoint()  # a crowd: let the ticker run
         finally:
+            # The server is stopping. An upgraded connection gets a task (the task group
+            # is still open), cancelled at once: it says goodbye (1001) the way every
+            # WebSocket connection does, a closing handshake that reads what the client
+            # still sends. Closing with unread input would reset the connection instead.
             self._wait = None
             for arrival in list(self._arrivals.values()):
-                self._leave(arrival)
-                conn = arrival.conn
-                if conn is not None:  # the server is stopping: say so, if it fits
-                    conn.going_away(time.monotonic())
-                    arrival.stream.write_now(b"".join(conn.data_to_send()))
-                self._host.finish(arrival)
+                if arrival.conn is not None:
+                    self._resume(arrival, ())
+                else:
+                    self._leave(arrival)
+                    self._host.finish(arrival)
             self._poller.close()
+
+    def _next_due(self) -> float | None:
+        """When the next connection still here is due; drops the entries of the others."""
+        deadlines = self._deadlines
+        while deadlines:
+            when, ticket = deadlines[0]
+            arrival = self._by_ticket.get(ticket)
+            if arrival is not None and when == self._due(arrival):
+                return when
+            heapq.heappop(deadlines)  # it left, or moved on to its later deadline
+        return None
+
+    @staticmethod
+    def _due(arrival: Arrival) -> float:
+        return arrival.head_by if arrival.conn is None else arrival.deadline
 
     def _serve_ready(self) -> int:
         """Read every ready connection (a batch), then time out the overdue ones."""
@@ -177,10 +195,17 @@ class HandshakeRoom:
         return len(ready)
 
     def _read(self, arrival: Arrival, now: float) -> None:
+        # Before the head is complete, never more than one byte past the shim's limit
+        # (what it reads itself): a hostile head costs no more here than there.
+        size = (
+            _READ_SIZE
+            if arrival.conn is not None
+            else self._host.config.http_max_request_size + 1 - len(arrival.head)
+        )
         try:
-            data = arrival.stream.receive_now(_READ_SIZE)
+            data = arrival.stream.receive_now(size)
         except anyio.BrokenResourceError:
-            data = b""  # its task reads the failure again and ends it as usual
+            data = b""  # its task reads the end of input and ends it as usual
         if data is None:
             return
         try:
@@ -190,10 +215,11 @@ class HandshakeRoom:
                 self._read_head(arrival, data, now)
             else:
                 self._feed(arrival, arrival.conn, data, now)
-        except Exception:
+        except Exception:  # no error of one connection may end the room
             logger.exception("unexpected error on a connection")
-            self._leave(arrival)
-            self._host.finish(arrival)
+            if self._by_ticket.get(arrival.ticket) is arrival:  # not handed over yet
+                self._leave(arrival)
+                self._host.finish(arrival)
 
     def _read_head(self, arrival: Arrival, data: bytes, now: float) -> None:
         arrival.head = head = arrival.head + data
@@ -237,16 +263,10 @@ class HandshakeRoom:
             self._resume(arrival, ())  # its task sends the rest
 
     def _expire(self, now: float) -> None:
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, ticket = heapq.heappop(deadlines)
-            arrival = self._by_ticket.get(ticket)
-            # The head's deadline passed, or the handshake's; a connection that left
-            # or moved on to its later deadline is not due.
-            if arrival is not None and now >= (
-                arrival.head_by if arrival.conn is None else arrival.deadline
-            ):
-                self._resume(arrival, ())  # its task times it out
+        # The head's deadline passed, or the handshake's: its task times it out.
+        while (when := self._next_due()) is not None and when <= now:
+            _, ticket = heapq.heappop(self._deadlines)
+            self._resume(self._by_ticket[ticket], ())
 
     def _evict(self, arrival: Arrival) -> None:
         # Before the socket closes: its descriptor number is free for the next accept.
@@ -263,4 +283,8 @@ class HandshakeRoom:
 
     def _resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
         self._leave(arrival)
-        self._host.resume(arrival, events)
+        try:
+            self._host.resume(arrival, events)
+        except Exception:  # no error of one connection may end the room
+            logger.exception("unexpected error on a connection")
+            self._host.finish(arrival)

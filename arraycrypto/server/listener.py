@@ -172,9 +172,15 @@ class Listener:
             return
         arrival = self.door.arrive(sock, None)
         if arrival.ticket:
-            room.add(arrival)
-        else:  # refused: a task answers 503
-            tg.start_soon(self._run, arrival, (), name="arraycrypto connection")
+            try:
+                room.add(arrival)
+                return
+            except OSError as exc:  # the kernel's epoll limits: this one gets a task
+                self._warnings.log(
+                    logging.WARNING, "resources", "handshake room full (%s)", exc.strerror
+                )
+        # Refused (a task answers 503), or not taken by the room.
+        tg.start_soon(self._run, arrival, (), name="arraycrypto connection")
 
     async def run_handshake_room(
         self,
@@ -197,6 +203,7 @@ class Listener:
             await room.run()
         finally:
             self.handshake_room = None
+            self._tg = None
 
     # -- what the handshake room asks (handshakes.Host) -----------------------------------
 
@@ -218,7 +225,10 @@ class Listener:
 
     def finish(self, arrival: Arrival) -> None:
         """A connection ended in the room (evicted, or the server stopped): count it out."""
-        self._ended(arrival.ticket, arrival.conn)
+        conn = arrival.conn
+        if conn is not None and not conn.finished:  # its handshake failed: disconnected
+            self._handle(conn.receive_eof(time.monotonic()), conn, arrival.stream, 0)
+        self._ended(arrival.ticket, conn)
         arrival.stream.close()
 
     # -- a connection's task ---------------------------------------------------------------
@@ -228,7 +238,7 @@ class Listener:
         self.door.incoming -= 1  # admitted below, before any await
         await self._run(self.door.arrive(sock, self._ssl), ())
 
-    async def _run(self, arrival: Arrival, events: Sequence[Event] | None) -> None:
+    async def _run(self, arrival: Arrival, events: Sequence[Event]) -> None:
         """The rest of one connection's life, in one frame: an idle subscriber waits here.
 
         From accept (``arrival`` fresh), or from where the handshake room left it: the
@@ -260,12 +270,18 @@ class Listener:
                 conn, events = opened
                 del opened
             del arrival
-            await stream.flush()  # what the room could not write at once
             driver = Driver(stream, conn, time.monotonic)
+            if stream.backlogged:  # what the room could not write at once
+                try:
+                    await stream.flush()
+                except STREAM_ERRORS:
+                    events = [*events, *driver.end_of_input()]  # the peer is gone
             try:
-                while events is not None:
-                    subscriber = self._handle(events, conn, stream, ticket) or subscriber
-                    events = await driver.step()
+                batch: Sequence[Event] | None = events
+                del events
+                while batch is not None:
+                    subscriber = self._handle(batch, conn, stream, ticket) or subscriber
+                    batch = await driver.step()
             except anyio.get_cancelled_exc_class():
                 # The server is stopping: tell the client (1001), shielded and bounded.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
