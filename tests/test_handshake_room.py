@@ -11,14 +11,17 @@ from __future__ import annotations
 import base64
 import errno
 import os
+from collections.abc import Sequence
 
 import anyio
 import anyio.abc
 import pytest
 
 from arraycrypto.core import messages as m
+from arraycrypto.core.server_connection import Event
 from arraycrypto.net.sockets import SocketStream
 from arraycrypto.server.handshakes import Arrival, HandshakeRoom
+from arraycrypto.server.listener import Listener
 
 from .harness import frames, hostile
 from .harness.clock import wait_for
@@ -253,3 +256,34 @@ async def test_a_connection_the_room_cannot_take_gets_a_task(
             await stream.aclose()
         assert server.metrics.handshakes_ok_total == 2
     assert "handshake room full (No space left on device)" in caplog.text
+
+
+async def test_an_authenticated_client_leaves_the_pending_pool_before_its_task_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In a reconnect storm the tasks of thousands of authenticated connections queue:
+    # they must not hold places in the pending pool meanwhile (newcomers would wait,
+    # or evict clients already welcomed).
+    gate = anyio.Event()
+    run = Listener._run
+
+    async def queued(self: Listener, arrival: Arrival, events: Sequence[Event]) -> None:
+        if events:
+            await gate.wait()
+        await run(self, arrival, events)
+
+    monkeypatch.setattr(Listener, "_run", queued)
+    async with running_server() as server:
+        assert server.port
+        room = server.listener.handshake_room
+        assert room is not None
+        stream, reader, challenge = await challenged(server.port)
+        async with stream:
+            assert server.listener.door.admission.pending == 1
+            await stream.send(hostile.frame(frames.TEXT, hostile.proof(challenge)))
+            await wait_for(lambda: len(room) == 0)  # authenticated, its task not run yet
+            assert server.listener.door.admission.pending == 0
+            gate.set()
+            got = await reader.next_frame()
+            assert got is not None
+            assert isinstance(m.decode(got[1]), m.Welcome)

@@ -221,6 +221,11 @@ class Listener:
     def resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
         """Give a connection leaving the room its own task, from where it left."""
         assert self._tg is not None
+        if any(isinstance(event, Subscribed) for event in events):
+            # Out of the pending pool now, not when its task first runs: in a reconnect
+            # storm thousands of tasks queue, and a pool full of clients already
+            # authenticated would hold newcomers back, or have them evicted.
+            self.door.subscribed(arrival.ticket, time.monotonic())
         self._tg.start_soon(self._run, arrival, events, name="arraycrypto connection")
 
     def finish(self, arrival: Arrival) -> None:
