@@ -26,6 +26,7 @@ from arraycrypto.server.listener import Listener
 from .harness import frames, hostile
 from .harness.clock import wait_for
 from .harness.constants import HOST
+from .harness.http import http_get, http_request
 from .harness.servers import running_server, server_config
 
 pytestmark = [
@@ -287,3 +288,25 @@ async def test_an_authenticated_client_leaves_the_pending_pool_before_its_task_r
             got = await reader.next_frame()
             assert got is not None
             assert isinstance(m.decode(got[1]), m.Welcome)
+
+
+async def test_without_epoll_a_connection_has_its_task_from_accept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where there is no epoll (macOS, the BSDs), every connection takes the path TLS
+    # connections take here: a task from accept on. The same answers either way.
+    monkeypatch.setattr(HandshakeRoom, "available", staticmethod(lambda: False))
+    config = server_config(tick_interval=0.1, http_read_timeout=0.3)
+    async with running_server(config) as server:
+        assert server.port
+        assert server.listener.handshake_room is None
+        stream, reader = await hostile.subscribe(server.port)
+        async with stream:
+            got = await reader.next_frame()
+            assert got is not None
+            assert isinstance(m.decode(got[1]), m.SnapshotMessage)
+        status, _, _ = await http_get(server.port, "/health")
+        assert status == 200
+        status, _, _ = await http_request(server.port, b"GET /health HTTP/1.1\r\nHost:")
+        assert status == 408
+        assert server.metrics.handshakes_ok_total == 1
