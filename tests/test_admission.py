@@ -136,3 +136,16 @@ def test_the_recent_handshake_time_falls_back_as_clients_get_fast() -> None:
     assert http is not None
     admission.authenticated(http[0])
     assert admission.evict_age == 1.0
+
+
+def test_a_second_authentication_changes_nothing() -> None:
+    # The room authenticates a connection when it hands it over, its task again: the
+    # second call must neither free a second place nor learn a second time.
+    admission = Admission(max_connections=10, max_pending=2)
+    admitted = admission.arrive(0.0)
+    assert admitted is not None
+    ticket, _ = admitted
+    assert admission.authenticated(ticket, now=0.2) is True
+    learned = admission.handshake_time
+    assert admission.authenticated(ticket, now=5.0) is False
+    assert (admission.handshake_time, admission.pending) == (learned, 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import errno
 import os
+import socket
 from collections.abc import Sequence
 
 import anyio
@@ -145,8 +146,12 @@ async def test_stopping_mid_handshake_is_a_closing_handshake_not_a_reset() -> No
     async with anyio.create_task_group() as tg, running_server() as server:
         assert server.port
         stream, reader, _ = await challenged(server.port)
-        await stream.send(hostile.frame(frames.PING, b"late"))
         tg.start_soon(goodbye, stream, reader)
+        # Sent with no await before the stop, so the room cannot have read it (on
+        # either backend the cancellation reaches the room before the readiness).
+        fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
+        with socket.socket(fileno=os.dup(fd)) as raw:  # a plain socket sends at once
+            raw.send(hostile.frame(frames.PING, b"late"))
     await stream.aclose()
     assert outcome == [1001, "end of input"]
 
@@ -310,3 +315,22 @@ async def test_without_epoll_a_connection_has_its_task_from_accept(
         status, _, _ = await http_request(server.port, b"GET /health HTTP/1.1\r\nHost:")
         assert status == 408
         assert server.metrics.handshakes_ok_total == 1
+
+
+async def test_a_reload_below_a_head_already_read_refuses_it() -> None:
+    config = server_config(http_max_request_size=4096)
+    async with running_server(config) as server:
+        assert server.port
+        room = server.listener.handshake_room
+        assert room is not None
+        stream = await hostile.connect(server.port)
+        async with stream:
+            start = b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 3000
+            await stream.send(start)
+            await wait_for(lambda: heads(room) == [start])
+            server.reload(server_config(http_max_request_size=1024))
+            await stream.send(b"a")  # more of a head already over the new limit
+            head = await hostile.Reader(stream).head()
+            assert head.startswith(b"HTTP/1.1 400"), head[:40]
+        status, _, _ = await http_get(server.port, "/health")  # and the server goes on
+        assert status == 200

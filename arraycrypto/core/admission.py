@@ -125,17 +125,21 @@ class Admission:
         self.total += 1
         return ticket, evicted
 
-    def authenticated(self, ticket: int, now: float | None = None) -> None:
+    def authenticated(self, ticket: int, now: float | None = None) -> bool:
         """The connection proved itself (or was answered): it leaves the pending pool.
 
         ``now`` only for a proof: how long it took becomes the recent handshake time at
-        once if longer, and eases it down if shorter.
+        once if longer, and eases it down if shorter. Returns whether it was pending (a
+        second call for one ticket changes nothing).
         """
         arrived = self._pending.pop(ticket, None)
-        if arrived is not None and now is not None:
+        if arrived is None:
+            return False
+        if now is not None:
             took = now - arrived
             recent = self.handshake_time
             self.handshake_time = took if took > recent else recent + (took - recent) * _EASE
+        return True
 
     def done(self, ticket: int) -> None:
         """The connection ended: its place is free (an evicted one's already was)."""

@@ -96,8 +96,8 @@ class Door:
 
     def authenticated(self, ticket: int, now: float | None = None) -> None:
         """The connection proved itself (``now``) or was answered: room in the pool."""
-        self.admission.authenticated(ticket, now)
-        self._left_pool()
+        if self.admission.authenticated(ticket, now):
+            self._left_pool()  # only once: a second call would wake accepting for nothing
 
     def subscribed(self, ticket: int, now: float) -> None:
         """The connection proved itself: no longer pending, never evicted."""

@@ -117,7 +117,7 @@ class HandshakeRoom:
         self._arrivals: dict[int, Arrival] = {}  # fd -> its connection
         self._by_ticket: dict[int, Arrival] = {}
         # (deadline, ticket): when the room must look at a connection again. Entries of
-        # connections that left stay until their time (tickets are never reused).
+        # connections that left are dropped once they reach the top (_next_due).
         self._deadlines: list[tuple[float, int]] = []
         self._wait: anyio.CancelScope | None = None  # the room's current wait
 
@@ -197,11 +197,12 @@ class HandshakeRoom:
     def _read(self, arrival: Arrival, now: float) -> None:
         # Before the head is complete, never more than one byte past the shim's limit
         # (what it reads itself): a hostile head costs no more here than there.
-        size = (
-            _READ_SIZE
-            if arrival.conn is not None
-            else self._host.config.http_max_request_size + 1 - len(arrival.head)
-        )
+        size = _READ_SIZE
+        if arrival.conn is None:
+            size = self._host.config.http_max_request_size + 1 - len(arrival.head)
+            if size <= 0:  # a reload lowered the limit below what was read: refused
+                self._resume(arrival, ())
+                return
         try:
             data = arrival.stream.receive_now(size)
         except anyio.BrokenResourceError:

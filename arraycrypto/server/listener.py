@@ -231,10 +231,14 @@ class Listener:
     def finish(self, arrival: Arrival) -> None:
         """A connection ended in the room (evicted, or the server stopped): count it out."""
         conn = arrival.conn
-        if conn is not None and not conn.finished:  # its handshake failed: disconnected
-            self._handle(conn.receive_eof(time.monotonic()), conn, arrival.stream, 0)
-        self._ended(arrival.ticket, conn)
-        arrival.stream.close()
+        try:
+            if conn is not None and not conn.finished:  # its handshake failed: disconnected
+                self._handle(conn.receive_eof(time.monotonic()), conn, arrival.stream, 0)
+        except Exception:  # from the accept loop or the room: never theirs to end
+            logger.exception("unexpected error on a connection")
+        finally:
+            self._ended(arrival.ticket, conn)
+            arrival.stream.close()
 
     # -- a connection's task ---------------------------------------------------------------
 
