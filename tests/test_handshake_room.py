@@ -12,7 +12,7 @@ import base64
 import errno
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import anyio.abc
@@ -21,6 +21,7 @@ import pytest
 from arraycrypto.core import messages as m
 from arraycrypto.core.server_connection import Event
 from arraycrypto.net.sockets import SocketStream
+from arraycrypto.server.fanout import Subscriber
 from arraycrypto.server.handshakes import Arrival, HandshakeRoom
 from arraycrypto.server.listener import Listener
 
@@ -271,14 +272,7 @@ async def test_an_authenticated_client_leaves_the_pending_pool_before_its_task_r
     # they must not hold places in the pending pool meanwhile (newcomers would wait,
     # or evict clients already welcomed).
     gate = anyio.Event()
-    run = Listener._run
-
-    async def queued(self: Listener, arrival: Arrival, events: Sequence[Event]) -> None:
-        if events:
-            await gate.wait()
-        await run(self, arrival, events)
-
-    monkeypatch.setattr(Listener, "_run", queued)
+    monkeypatch.setattr(Listener, "_run", held_back(gate))
     async with running_server() as server:
         assert server.port
         room = server.listener.handshake_room
@@ -293,6 +287,51 @@ async def test_an_authenticated_client_leaves_the_pending_pool_before_its_task_r
             got = await reader.next_frame()
             assert got is not None
             assert isinstance(m.decode(got[1]), m.Welcome)
+
+
+def held_back(gate: anyio.Event) -> Callable[..., Awaitable[None]]:
+    """Listener._run, held back until ``gate`` for a connection leaving the room."""
+    run = Listener._run
+
+    async def queued(
+        self: Listener,
+        arrival: Arrival,
+        events: Sequence[Event],
+        subscriber: Subscriber | None = None,
+    ) -> None:
+        try:
+            if events or subscriber is not None:
+                await gate.wait()
+        finally:  # cancelled while held back (the test ended): it still ends the connection
+            await run(self, arrival, events, subscriber)
+
+    return queued
+
+
+async def test_a_new_subscriber_gets_the_next_tick_before_its_task_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The room hands a subscribed connection to the fan-out at once, its welcome first:
+    # a tick before its task first runs (a storm queues thousands) still reaches it.
+    gate = anyio.Event()
+    monkeypatch.setattr(Listener, "_run", held_back(gate))
+    async with running_server(server_config(tick_interval=0.05)) as server:
+        assert server.port
+        stream, reader, challenge = await challenged(server.port)
+        async with stream:
+            await stream.send(hostile.frame(frames.TEXT, hostile.proof(challenge)))
+            with anyio.fail_after(10):
+                got = await reader.next_frame()
+                assert got is not None
+                welcome = m.decode(got[1])
+                assert isinstance(welcome, m.Welcome)
+                got = await reader.next_frame()  # its task is still held back
+            assert got is not None
+            push = m.decode(got[1])
+            assert isinstance(push, m.SnapshotMessage)
+            assert not gate.is_set()
+            assert server.metrics.handshakes_ok_total == 1
+            gate.set()
 
 
 async def test_without_epoll_a_connection_has_its_task_from_accept(

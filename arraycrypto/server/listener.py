@@ -32,6 +32,7 @@ from ..core.server_connection import (
     Event,
     HandshakeFailed,
     ServerConnection,
+    ServerPhase,
     SnapshotSource,
     Subscribed,
 )
@@ -221,12 +222,21 @@ class Listener:
     def resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
         """Give a connection leaving the room its own task, from where it left."""
         assert self._tg is not None
-        if any(isinstance(event, Subscribed) for event in events):
-            # Out of the pending pool now, not when its task first runs: in a reconnect
-            # storm thousands of tasks queue, and a pool full of clients already
-            # authenticated would hold newcomers back, or have them evicted.
-            self.door.subscribed(arrival.ticket, time.monotonic())
-        self._tg.start_soon(self._run, arrival, events, name="arraycrypto connection")
+        conn = arrival.conn
+        subscriber = None
+        if conn is not None and conn.phase is ServerPhase.SUBSCRIBED:
+            # Subscribed, and nothing else happened: it joins the fan-out now, not when
+            # its task first runs (in a reconnect storm thousands of tasks queue). Out
+            # of the pending pool at once, so a client already welcomed is never
+            # evicted, and in the fan-out at once, so it misses no tick. The welcome
+            # goes into the stream first: every push is written after it.
+            stream = arrival.stream
+            welcome = b"".join(conn.data_to_send())  # subscribed: no end of output
+            if welcome and not stream.write_now(welcome):
+                stream.enqueue(welcome)
+            subscriber = self._handle(events, conn, stream, arrival.ticket)
+            events = ()
+        self._tg.start_soon(self._run, arrival, events, subscriber, name="arraycrypto connection")
 
     def finish(self, arrival: Arrival) -> None:
         """A connection ended in the room (evicted, or the server stopped): count it out."""
@@ -247,18 +257,20 @@ class Listener:
         self.door.incoming -= 1  # admitted below, before any await
         await self._run(self.door.arrive(sock, self._ssl), ())
 
-    async def _run(self, arrival: Arrival, events: Sequence[Event]) -> None:
+    async def _run(
+        self, arrival: Arrival, events: Sequence[Event], subscriber: Subscriber | None = None
+    ) -> None:
         """The rest of one connection's life, in one frame: an idle subscriber waits here.
 
         From accept (``arrival`` fresh), or from where the handshake room left it: the
-        head read so far, or the connection object and its first ``events``. Everything
+        head read so far, or the connection object and its first ``events`` (or its
+        fan-out entry, ``subscriber``, if it subscribed in the room). Everything
         a subscribed connection keeps while it waits for its next bytes is in this frame,
         the driver's step and the stream's receive: each suspended frame costs every
         connection memory, so the phases before it return first.
         """
         stream: DirectStream = arrival.stream
         plain, ticket, conn = arrival.stream, arrival.ticket, arrival.conn
-        subscriber: Subscriber | None = None
         try:
             if not ticket:
                 self.metrics.rejected_full_total += 1
