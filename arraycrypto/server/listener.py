@@ -11,7 +11,6 @@ event; the task goes on from there with the same code.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import secrets
@@ -19,11 +18,10 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import Final
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from ..core import http
 from ..core.config import ServerConfig
@@ -40,6 +38,7 @@ from ..net.driver import Driver
 from ..net.logs import RateLimitedLog
 from ..net.sockets import STREAM_ERRORS, DirectStream, SocketStream
 from ..net.tls import ServerTLSStream
+from .acceptor import Listening, accept_loop
 from .door import Door
 from .fanout import Fanout, Subscriber
 from .handshakes import Arrival, HandshakeRoom
@@ -50,11 +49,6 @@ __all__ = ["Listener"]
 
 logger = logging.getLogger("arraycrypto.server")
 
-# accept() errors that mean "out of resources for now": wait a little, then go on.
-_ACCEPT_RETRY: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# accept() errors that mean the listening socket itself is unusable.
-_LISTENER_BROKEN: Final = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
-_ACCEPT_BATCH: Final = 256  # connections accepted per wake-up before yielding to others
 _GOODBYE_TIMEOUT: Final = 1.0  # seconds for the 1001 closing handshake when stopping
 
 #: What a failed handshake most likely means, for the log line (the metric keeps the
@@ -67,16 +61,6 @@ _FAILURE_HINTS: Final = {
     ),
     "authentication": "authentication: the client's proof is wrong",
 }
-
-
-class _Listening(Protocol):
-    """A listening socket, as the accept loop uses it."""
-
-    def fileno(self) -> int:
-        """Its descriptor, to wait on."""
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        """One pending connection (non-blocking)."""
 
 
 class Listener:
@@ -114,54 +98,17 @@ class Listener:
         self._ssl = ssl_context
         self.door.reload(config)
 
-    async def accept_loop(self, sock: _Listening, tg: anyio.abc.TaskGroup) -> None:
-        """Accept on a listening socket until cancelled, one task per connection.
-
-        Our own loop rather than anyio's ``serve()``: it accepts every pending
-        connection per wake-up (a reconnect storm arrives all at once), leaves wrapping
-        the socket to the connection's own task, and no error of one connection ends
-        it: running out of descriptors (EMFILE) slows accepting down, a connection that
-        failed before we got to it (ECONNABORTED, EPROTO, a firewall's EPERM...) is
-        skipped, as trio's own accept loop does. Only a listener that is itself broken
-        (EBADF, ENOTSOCK, EINVAL) stops it. Warnings are rate-limited.
-        """
-        while True:
-            await anyio.wait_readable(sock)
-            for _ in range(_ACCEPT_BATCH):
-                now = time.monotonic()
-                until = self.door.wait_until(now)
-                if until is not None:
-                    await self.door.wait_for_room(until - now)
-                    break  # then look at the socket again
-                try:
-                    client, _addr = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    break  # none pending
-                except OSError as exc:
-                    if exc.errno in _LISTENER_BROKEN:
-                        raise
-                    self.metrics.accept_errors_total += 1
-                    if exc.errno in _ACCEPT_RETRY:
-                        self._warnings.log(
-                            logging.WARNING,
-                            "resources",
-                            "accept failed (%s): retrying in 0.1 s",
-                            exc.strerror,
-                        )
-                        await anyio.sleep(0.1)
-                        break
-                    self._warnings.log(
-                        logging.INFO, "connection", "accept failed (%s): skipped", exc.strerror
-                    )
-                    continue
-                self._take(client, tg)
-            else:
-                await anyio.lowlevel.checkpoint()  # a long batch: let the others run
+    async def accept_loop(self, sock: Listening, tg: anyio.abc.TaskGroup) -> None:
+        """Accept on a listening socket until cancelled (:func:`.acceptor.accept_loop`);
+        each connection goes to the handshake room or gets a task in ``tg``."""
+        await accept_loop(
+            sock, self.door, self.metrics, self._warnings, lambda client: self._take(client, tg)
+        )
 
     def _take(self, sock: socket.socket, tg: anyio.abc.TaskGroup) -> None:
         """Hand a new connection to the handshake room, or to a task of its own.
 
-        A method of its own: a local in the accept loop would keep the last connection
+        A function of its own: a local in the accept loop would keep the last connection
         alive while it waits.
         """
         room = self.handshake_room
