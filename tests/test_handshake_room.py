@@ -8,7 +8,6 @@ adds. Real sockets on 127.0.0.1, both backends.
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 import socket
@@ -27,7 +26,6 @@ from arraycrypto.server.listener import Listener
 
 from .harness import frames, hostile
 from .harness.clock import wait_for
-from .harness.constants import HOST
 from .harness.http import http_get, http_request
 from .harness.servers import running_server, server_config
 
@@ -76,19 +74,13 @@ async def test_a_head_in_pieces_and_a_ping_right_behind_it() -> None:
         stream = await hostile.connect(server.port)
         reader = hostile.Reader(stream)
         async with stream:
-            key = base64.b64encode(os.urandom(16)).decode()
-            request = hostile.UPGRADE.format(host=HOST, key=key).encode()
+            request = hostile.upgrade_request()
             # The head in three writes, the last one with a ping frame after it: the
             # server answers the ping while the handshake is still open.
             await stream.send(request[:10])
             await stream.send(request[10:60])
             await stream.send(request[60:] + hostile.frame(frames.PING, b"early"))
-            head = await reader.head()
-            assert head.startswith(b"HTTP/1.1 101"), head[:80]
-            got = await reader.next_frame()
-            assert got is not None
-            challenge = m.decode(got[1])
-            assert isinstance(challenge, m.Challenge)
+            challenge = await hostile.upgraded(reader)
             assert await reader.next_frame() == (frames.PONG, b"early")
             await stream.send(hostile.frame(frames.TEXT, hostile.proof(challenge)))
             got = await reader.next_frame()
@@ -184,8 +176,7 @@ async def test_a_head_read_in_pieces() -> None:
         stream = await hostile.connect(server.port)
         reader = hostile.Reader(stream)
         async with stream:
-            key = base64.b64encode(os.urandom(16)).decode()
-            request = hostile.UPGRADE.format(host=HOST, key=key).encode()
+            request = hostile.upgrade_request()
             # Each piece read by the room before the next is sent: three reads.
             await stream.send(request[:10])
             await wait_for(lambda: heads(room) == [request[:10]])

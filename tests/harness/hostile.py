@@ -330,10 +330,20 @@ class Reader:
                 return None
 
 
+def upgrade_request() -> bytes:
+    """A valid WebSocket upgrade request, with a fresh key."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return UPGRADE.format(host=HOST, key=key).encode()
+
+
 async def upgrade(stream: anyio.abc.ByteStream, reader: Reader) -> m.Challenge:
     """Do a valid WebSocket upgrade by hand; return the challenge that follows."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send(UPGRADE.format(host=HOST, key=key).encode())
+    await stream.send(upgrade_request())
+    return await upgraded(reader)
+
+
+async def upgraded(reader: Reader) -> m.Challenge:
+    """Read the 101 to an upgrade request sent by hand, and the challenge after it."""
     head = await reader.head()
     assert head.startswith(b"HTTP/1.1 101"), head[:80]
     got = await reader.next_frame()
