@@ -108,7 +108,7 @@ class Driver(Generic[E]):
         try:
             await self.flush()
         except STREAM_ERRORS:
-            return self._eof()  # the peer is gone
+            return self.end_of_input()  # the peer is gone
         if conn.finished or self._eof_received:
             return None
         deadline = conn.deadline
@@ -130,13 +130,10 @@ class Driver(Generic[E]):
         # Outside any except block on purpose: websockets keeps the EOFError it raises
         # (parser_exc), and raised inside a handler it would chain the stream error,
         # whose traceback holds this frame and so the connection (a reference cycle).
-        return self._eof()
+        return self.end_of_input()
 
     def end_of_input(self) -> Sequence[E]:
-        """Feed the end of input (once): for a caller whose own write found the peer gone."""
-        return self._eof()
-
-    def _eof(self) -> Sequence[E]:
+        """Feed the end of input, once (also for a caller whose own write failed)."""
         # Once only: after the end of input there is nothing more to read.
         if self._eof_received:
             return ()

@@ -13,6 +13,7 @@ import ssl
 import time
 
 import anyio
+import anyio.lowlevel
 
 from ..core.admission import Admission
 from ..core.config import ServerConfig

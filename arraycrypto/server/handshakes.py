@@ -39,7 +39,7 @@ from ..core.config import ServerConfig
 from ..core.server_connection import Event, ServerConnection, ServerPhase
 from ..net.sockets import SocketStream
 
-__all__ = ["Arrival", "HandshakeRoom", "Host"]
+__all__ = ["Arrival", "HandshakeRoom", "Host", "write_queued"]
 
 logger = logging.getLogger("arraycrypto.server")
 
@@ -84,6 +84,18 @@ class Arrival:
             self.on_close(self)
         else:
             self.stream.close()
+
+
+def write_queued(stream: SocketStream, conn: ServerConnection) -> bool:
+    """Write what ``conn`` queued, now, queueing in ``stream`` what the kernel does not
+    take; return whether some is left for an awaited flush.
+
+    Only while the connection is open: then there is no end of output among its chunks.
+    """
+    data = b"".join(conn.data_to_send())
+    if data and not stream.write_now(data):
+        stream.enqueue(data)
+    return stream.backlogged
 
 
 class Host(Protocol):
@@ -256,11 +268,7 @@ class HandshakeRoom:
 
     def _flush(self, arrival: Arrival, conn: ServerConnection) -> None:
         """Write what the connection queued (the 101 and the challenge, a pong)."""
-        data = b"".join(conn.data_to_send())  # still challenged: no end of output
-        stream = arrival.stream
-        if data and not stream.write_now(data):
-            stream.enqueue(data)
-        if stream.backlogged:
+        if write_queued(arrival.stream, conn):
             self._resume(arrival, ())  # its task sends the rest
 
     def _expire(self, now: float) -> None:

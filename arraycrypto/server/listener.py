@@ -41,7 +41,7 @@ from ..net.tls import ServerTLSStream
 from .acceptor import Listening, accept_loop
 from .door import Door
 from .fanout import Fanout, Subscriber
-from .handshakes import Arrival, HandshakeRoom
+from .handshakes import Arrival, HandshakeRoom, write_queued
 from .metrics import Metrics
 from .shim import Failure, Shim
 
@@ -177,11 +177,8 @@ class Listener:
             # of the pending pool at once, so a client already welcomed is never
             # evicted, and in the fan-out at once, so it misses no tick. The welcome
             # goes into the stream first: every push is written after it.
-            stream = arrival.stream
-            welcome = b"".join(conn.data_to_send())  # subscribed: no end of output
-            if welcome and not stream.write_now(welcome):
-                stream.enqueue(welcome)
-            subscriber = self._handle(events, conn, stream, arrival.ticket)
+            write_queued(arrival.stream, conn)  # the welcome; its task flushes any rest
+            subscriber = self._handle(events, conn, arrival.stream, arrival.ticket)
             events = ()
         self._tg.start_soon(self._run, arrival, events, subscriber, name="arraycrypto connection")
 
