@@ -141,7 +141,9 @@ async def test_no_frame_follows_a_close_frame(tls: bool, tmp_path: Path) -> None
     # RFC 6455, 5.5.1: after sending a Close frame an endpoint sends no more data frames.
     # A subscribed client breaks the protocol (a second text frame); the server answers
     # error + Close 4003, then waits for an echo this client never sends. Everything it
-    # writes until it closes the TCP connection is read: no push may follow the Close.
+    # writes for the next ten ticks is read: no push may follow the Close. (The bug this
+    # guards against pushed one snapshot per tick after the Close; the server's closing
+    # deadline, 2 s, would only make the test wait longer for the same answer.)
     config = server_config(tick_interval=0.02)
     context = None
     if tls:
@@ -156,13 +158,25 @@ async def test_no_frame_follows_a_close_frame(tls: bool, tmp_path: Path) -> None
             await stream.send(frames.encode(frames.TEXT, b'{"type":"handshake"}'))
             close_code = None
             after_close: list[int] = []
-            with anyio.fail_after(10):
+            ticks_at_close = 0
+
+            async def read(scope: anyio.CancelScope) -> None:
+                nonlocal close_code, ticks_at_close
                 while (got := await reader.next_frame()) is not None:
                     opcode, payload = got
                     if close_code is not None:
                         after_close.append(opcode)
                     elif opcode == frames.CLOSE:
                         close_code = frames.close_code(payload)
+                        ticks_at_close = server.metrics.ticks_total
+                scope.cancel()  # the server ended the connection first
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read, tg.cancel_scope)
+                    while close_code is None or server.metrics.ticks_total < ticks_at_close + 10:
+                        await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()
         assert close_code == CloseCode.UNEXPECTED_MESSAGE
         assert after_close == []
 
