@@ -7,7 +7,8 @@ Three servers in turn, each connecting N of ``bench_fanout``'s epoll clients (th
 upgrade, challenge-response handshake and snapshot check), every run:
 
 - **arraycrypto**: ``bench_fanout``'s server (``arraycrypto.Server`` with the paced
-  collector policy: its handshake room, then an anyio task per subscribed connection);
+  collector policy: its room, where a plain-TCP connection waits with no task of its
+  own through its handshake and then as a subscriber);
 - **one epoll**: the same pure core (:class:`~arraycrypto.core.server_connection.
   ServerConnection`: the same parsing, upgrade, handshake and welcome) driven by a loop
   in one task that waits on a nested ``epoll`` (``anyio.wait_readable`` on the epoll's

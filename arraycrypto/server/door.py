@@ -3,7 +3,7 @@
 Drives the pure :class:`~arraycrypto.core.admission.Admission` (the pending pool, the
 ``max_connections`` check, which pending connection to evict) with the clock, and
 keeps what evicting needs: each pending connection's :class:`Arrival`, whose
-``close()`` ends it wherever it is (in the handshake room, or in its task).
+``close()`` ends it wherever it is (in the room, or in its task).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import anyio.lowlevel
 from ..core.admission import Admission
 from ..core.config import ServerConfig
 from ..net.sockets import SocketStream
-from .handshakes import Arrival
 from .metrics import Metrics
+from .room import Arrival
 
 __all__ = ["Door"]
 

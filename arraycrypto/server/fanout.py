@@ -140,6 +140,7 @@ class Subscriber:
         "ping_due",
         "ping_slot",
         "stream",
+        "wake",
         "write_started",
         "writing",
     )
@@ -152,6 +153,9 @@ class Subscriber:
         self.ping_due = False  # a ping waits for the writer
         self.writing = False  # a writer task is running
         self.write_started: float | None = None  # when the current awaited write began
+        #: Set while the connection waits with no task of its own (parked in the handshake
+        #: room): gives it one. Its task is what reads a Close and ends the connection.
+        self.wake: Callable[[], None] | None = None
 
     @property
     def session_id(self) -> str:
@@ -216,6 +220,8 @@ class Fanout:
             return
         try:
             sub.conn.going_away(time.monotonic())
+            if sub.wake is not None:
+                sub.wake()  # its task reads the client's Close (or times out)
             data = b"".join(sub.conn.data_to_send())
             if not data:
                 return
@@ -346,6 +352,8 @@ class Fanout:
         self._metrics.count("dropped_clients_total", reason)
         logger.info("session %s: %s, dropping", sub.session_id, why)
         sub.conn.abort()
+        if sub.wake is not None:
+            sub.wake()  # parked: a task to end it, which the close below wakes
         # Closing the socket wakes its reader (which ends the connection) and any writer.
         sub.stream.close()
 

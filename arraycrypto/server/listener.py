@@ -4,9 +4,9 @@ Per connection: the ``max_connections`` check (:mod:`.door`, before any TLS hand
 a refused connection costs no handshake), TLS if configured, the HTTP request head; a
 WebSocket upgrade on the configured path becomes a :class:`ServerConnection` driven by
 the one driver loop until it ends, anything else is answered by the HTTP shim. A
-plain-TCP connection on Linux waits for its request head and handshake in the
-handshake room (:mod:`.handshakes`), without a task, and gets its task at its first
-event; the task goes on from there with the same code.
+plain-TCP connection on Linux waits in the room (:mod:`.room`) without a task: for its
+request head and handshake, then, subscribed, for its next bytes. It gets its task as
+soon as it has more to do than wait; the task goes on from there with the same code.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from ..core.server_connection import (
     Event,
     HandshakeFailed,
     ServerConnection,
-    ServerPhase,
     SnapshotSource,
     Subscribed,
 )
@@ -41,8 +40,8 @@ from ..net.tls import ServerTLSStream
 from .acceptor import Listening, accept_loop
 from .door import Door
 from .fanout import Fanout, Subscriber
-from .handshakes import Arrival, HandshakeRoom, write_queued
 from .metrics import Metrics
+from .room import Arrival, Room, write_queued
 from .shim import Failure, Shim
 
 __all__ = ["Listener"]
@@ -87,7 +86,7 @@ class Listener:
         self._ssl = ssl_context
         self.door = Door(config, metrics)
         #: Plain-TCP connections before their first event (Linux), while the server runs.
-        self.handshake_room: HandshakeRoom | None = None
+        self.room: Room | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         # Port scanners, floods and dying clients repeat the same lines at network speed.
         self._warnings = RateLimitedLog(logger)
@@ -100,18 +99,18 @@ class Listener:
 
     async def accept_loop(self, sock: Listening, tg: anyio.abc.TaskGroup) -> None:
         """Accept on a listening socket until cancelled (:func:`.acceptor.accept_loop`);
-        each connection goes to the handshake room or gets a task in ``tg``."""
+        each connection goes to the room or gets a task in ``tg``."""
         await accept_loop(
             sock, self.door, self.metrics, self._warnings, lambda client: self._take(client, tg)
         )
 
     def _take(self, sock: socket.socket, tg: anyio.abc.TaskGroup) -> None:
-        """Hand a new connection to the handshake room, or to a task of its own.
+        """Hand a new connection to the room, or to a task of its own.
 
         A function of its own: a local in the accept loop would keep the last connection
         alive while it waits.
         """
-        room = self.handshake_room
+        room = self.room
         # A fixed task name: deriving one from the function costs per connection.
         if room is None or self._ssl is not None:
             # TLS (its handshake needs a task), or no room (not Linux).
@@ -124,36 +123,34 @@ class Listener:
                 room.add(arrival)
                 return
             except OSError as exc:  # the kernel's epoll limits: this one gets a task
-                self._warnings.log(
-                    logging.WARNING, "resources", "handshake room full (%s)", exc.strerror
-                )
+                self._warnings.log(logging.WARNING, "resources", "room full (%s)", exc.strerror)
         # Refused (a task answers 503), or not taken by the room.
         tg.start_soon(self._run, arrival, (), name="arraycrypto connection")
 
-    async def run_handshake_room(
+    async def run_room(
         self,
         tg: anyio.abc.TaskGroup,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the handshake room for plain-TCP connections until cancelled (Linux).
+        """Run the room for plain-TCP connections until cancelled (Linux).
 
         ``tg``: where a connection leaving the room gets its task. Started (``tg.start``)
         once the room takes connections.
         """
-        if not HandshakeRoom.available():
+        if not Room.available():
             task_status.started()
             return
         self._tg = tg
-        self.handshake_room = room = HandshakeRoom(self)
+        self.room = room = Room(self)
         task_status.started()
         try:
             await room.run()
         finally:
-            self.handshake_room = None
+            self.room = None
             self._tg = None
 
-    # -- what the handshake room asks (handshakes.Host) -----------------------------------
+    # -- what the room asks (room.Host) -------------------------------------------------
 
     def upgrade_here(
         self, request: http.RequestHead, now: float, deadline: float
@@ -166,25 +163,39 @@ class Listener:
             return None
         return self._upgrade(request, now, deadline)
 
+    def park(self, arrival: Arrival, events: Sequence[Event]) -> bool:
+        """Welcome a connection that subscribed in the room and add it to the fan-out;
+        return whether it may wait there, with no task, until it has more to say.
+
+        It joins the fan-out at once: out of the pending pool, so a client already
+        welcomed is never evicted, and in the fan-out, so it misses no tick. The welcome
+        goes into the stream first: every push is written after it. A welcome the
+        kernel did not take whole needs its task to send the rest.
+        """
+        conn = arrival.conn
+        assert conn is not None
+        backlogged = write_queued(arrival.stream, conn)
+        subscriber = self._handle(events, conn, arrival.stream, arrival.ticket)
+        arrival.subscriber = subscriber
+        room = self.room
+        if subscriber is None or backlogged or room is None:
+            return False
+        subscriber.wake = lambda: room.unpark(arrival)
+        return True
+
     def resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
         """Give a connection leaving the room its own task, from where it left."""
         assert self._tg is not None
-        conn = arrival.conn
-        subscriber = None
-        if conn is not None and conn.phase is ServerPhase.SUBSCRIBED:
-            # Subscribed, and nothing else happened: it joins the fan-out now, not when
-            # its task first runs (in a reconnect storm thousands of tasks queue). Out
-            # of the pending pool at once, so a client already welcomed is never
-            # evicted, and in the fan-out at once, so it misses no tick. The welcome
-            # goes into the stream first: every push is written after it.
-            write_queued(arrival.stream, conn)  # the welcome; its task flushes any rest
-            subscriber = self._handle(events, conn, arrival.stream, arrival.ticket)
-            events = ()
+        subscriber, arrival.subscriber = arrival.subscriber, None
+        if subscriber is not None:
+            # It subscribed in the room (park): its Subscribed event was handled there.
+            events = [e for e in events if not isinstance(e, Subscribed)]
         self._tg.start_soon(self._run, arrival, events, subscriber, name="arraycrypto connection")
 
     def finish(self, arrival: Arrival) -> None:
         """A connection ended in the room (evicted, or the server stopped): count it out."""
         conn = arrival.conn
+        subscriber, arrival.subscriber = arrival.subscriber, None
         try:
             if conn is not None and not conn.finished:  # its handshake failed: disconnected
                 self._handle(conn.receive_eof(time.monotonic()), conn, arrival.stream, 0)
@@ -192,26 +203,29 @@ class Listener:
             logger.exception("unexpected error on a connection")
         finally:
             self._ended(arrival.ticket, conn)
+            if subscriber is not None:
+                self.fanout.discard(subscriber)
             arrival.stream.close()
 
     # -- a connection's task ---------------------------------------------------------------
 
     async def _connection(self, sock: socket.socket) -> None:
-        """A connection with a task from accept on: TLS, or no handshake room."""
+        """A connection with a task from accept on: TLS, or no room."""
         self.door.incoming -= 1  # admitted below, before any await
         await self._run(self.door.arrive(sock, self._ssl), ())
 
     async def _run(
         self, arrival: Arrival, events: Sequence[Event], subscriber: Subscriber | None = None
     ) -> None:
-        """The rest of one connection's life, in one frame: an idle subscriber waits here.
+        """The rest of one connection's life, in one frame.
 
-        From accept (``arrival`` fresh), or from where the handshake room left it: the
-        head read so far, or the connection object and its first ``events`` (or its
-        fan-out entry, ``subscriber``, if it subscribed in the room). Everything
-        a subscribed connection keeps while it waits for its next bytes is in this frame,
-        the driver's step and the stream's receive: each suspended frame costs every
-        connection memory, so the phases before it return first.
+        From accept (``arrival`` fresh), or from where the room left it: the head read
+        so far, or the connection object and its ``events`` (and its fan-out entry,
+        ``subscriber``, if it subscribed in the room). An idle subscriber with a task (TLS,
+        no epoll, or one that left the room) waits in this frame: everything it keeps
+        while it waits for its next bytes is here, the driver's step and the stream's
+        receive. Each suspended frame costs every such connection memory, so the phases
+        before it return first.
         """
         stream: DirectStream = arrival.stream
         plain, ticket, conn = arrival.stream, arrival.ticket, arrival.conn

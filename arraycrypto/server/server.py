@@ -277,7 +277,7 @@ class Server:
             tg.start_soon(self._watch_lag)
             if self._metrics_dir is not None:
                 tg.start_soon(self._publish_metrics)
-            await tg.start(self.listener.run_handshake_room, tg)  # before the first accept
+            await tg.start(self.listener.run_room, tg)  # before the first accept
             for listener in multi.listeners:
                 sock: socket.socket = listener.extra(anyio.abc.SocketAttribute.raw_socket)
                 tg.start_soon(self.listener.accept_loop, sock, tg)

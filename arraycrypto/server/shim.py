@@ -91,7 +91,7 @@ class Shim:
         The head must arrive within ``http_read_timeout`` and ``remaining`` seconds (what
         is left of the connection's pre-authentication deadline); bytes that can never
         begin a request (a TLS ClientHello, binary garbage) are refused at once.
-        ``prefix``: what was already read from the stream (by the handshake room).
+        ``prefix``: what was already read from the stream (by the room).
         """
         buffer = bytearray(prefix)
         limit = self.config.http_max_request_size

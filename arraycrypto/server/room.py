@@ -1,23 +1,33 @@
-"""The handshake room: plain-TCP connections read by one task until their first event.
+"""The room: plain-TCP connections that wait without a task of their own (Linux).
 
-With a task per connection from accept on, half of the server's CPU per connection
-went to that task (``scripts/connect_floor.py``: the same handshakes driven without
-tasks took 0.49x the CPU): the task, its cancel scopes and a readiness registration
-for each wait, for a connection that mostly waits one round trip for the client's
-handshake frame (docs/benchmarks.md, "The handshake room"). So on Linux a plain-TCP
-connection spends those first round trips here: one task waits on a nested epoll
-(``anyio.wait_readable`` on the epoll's own descriptor, the same under asyncio and
-trio) and reads every socket that is ready. The request head, the upgrade (the 101 and
-the challenge, written at once) and the bytes of the client's handshake frame are
-handled synchronously, by the same pure core.
+With a task per connection, half of the server's CPU per connection went to that task
+(``scripts/connect_floor.py``: the same handshakes driven without tasks took 0.49x the
+CPU): the task, its cancel scopes and a readiness registration for each wait, for a
+connection that mostly waits: one round trip for the client's handshake frame, then a
+pong now and then, for hours (docs/benchmarks.md, "The handshake room" and "Parked
+subscribers"). So on Linux a plain-TCP connection waits here: one task waits on a
+nested epoll (``anyio.wait_readable`` on the epoll's own descriptor, the same under
+asyncio and trio) and reads every socket that is ready. The request head, the upgrade
+(the 101 and the challenge, written at once), the client's handshake frame and the
+welcome, and later the pongs and pings of a subscriber, are handled synchronously, by
+the same pure core. The fan-out writes pushes and pings straight to the socket, as for
+every connection.
 
 A connection leaves the room for a task of its own (the listener's, the code that TLS
-connections run from accept) at its first event (subscribed, or the handshake failed),
-when its connection object is no longer waiting for the handshake (a close), at
-anything off the happy path (a plain HTTP request, an upgrade the listener does not
-take here, bytes that cannot begin a request, the end of input, an error, a write the
-kernel did not take), or at its deadline. The task goes on from exactly where the room
-left: the bytes of a head read so far, or the connection object and its events.
+connections run from accept) as soon as it has more to do than wait:
+
+- before subscribing: at a failed handshake, when its connection object is no longer
+  waiting for the handshake (a close), at anything off the happy path (a plain HTTP
+  request, an upgrade the listener does not take here, bytes that cannot begin a
+  request, the end of input, an error, a write the kernel did not take), or at its
+  deadline;
+- once subscribed (parked): at the client's Close or any protocol error, the end of
+  input, a write the kernel did not take, or when the fan-out says goodbye to it or
+  drops it (:attr:`Subscriber.wake <arraycrypto.server.fanout.Subscriber.wake>`);
+- when the server stops: an upgraded connection says goodbye (1001) from its task.
+
+The task goes on from exactly where the room left: the bytes of a head read so far, or
+the connection object, its events and its fan-out entry.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import select
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -39,7 +49,10 @@ from ..core.config import ServerConfig
 from ..core.server_connection import Event, ServerConnection, ServerPhase
 from ..net.sockets import SocketStream
 
-__all__ = ["Arrival", "HandshakeRoom", "Host", "write_queued"]
+if TYPE_CHECKING:
+    from .fanout import Subscriber
+
+__all__ = ["Arrival", "Host", "Room", "write_queued"]
 
 logger = logging.getLogger("arraycrypto.server")
 
@@ -51,7 +64,18 @@ _BATCH: Final = 256
 class Arrival:
     """A connection from accept until it has a task: what that task goes on from."""
 
-    __slots__ = ("conn", "deadline", "fd", "head", "head_by", "on_close", "ssl", "stream", "ticket")
+    __slots__ = (
+        "conn",
+        "deadline",
+        "fd",
+        "head",
+        "head_by",
+        "on_close",
+        "ssl",
+        "stream",
+        "subscriber",
+        "ticket",
+    )
 
     def __init__(
         self,
@@ -77,6 +101,8 @@ class Arrival:
         self.ssl = ssl_context
         #: Set while the room holds it: the room ends it (it has no task to wake).
         self.on_close: Callable[[Arrival], None] | None = None
+        #: Its fan-out entry once subscribed (parked in the room, or handed to its task).
+        self.subscriber: Subscriber | None = None
 
     def close(self) -> None:
         """End the connection (eviction): close its socket, which wakes its task."""
@@ -108,6 +134,10 @@ class Host(Protocol):
     ) -> ServerConnection | None:
         """Upgrade a request the room may take (None: leave it to a task)."""
 
+    def park(self, arrival: Arrival, events: Sequence[Event]) -> bool:
+        """The connection just subscribed (``events``): welcome it and add it to the
+        fan-out; return whether it may wait in the room (False: it needs its task)."""
+
     def resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
         """Give the connection a task, which goes on from where the room left it."""
 
@@ -115,8 +145,8 @@ class Host(Protocol):
         """The connection ended in the room (evicted, stopped): count it out, close it."""
 
 
-class HandshakeRoom:
-    """Plain-TCP connections from accept to their first event, on one epoll."""
+class Room:
+    """Plain-TCP connections with no task of their own, on one epoll (module docstring)."""
 
     @staticmethod
     def available() -> bool:
@@ -192,8 +222,10 @@ class HandshakeRoom:
         return None
 
     @staticmethod
-    def _due(arrival: Arrival) -> float:
-        return arrival.head_by if arrival.conn is None else arrival.deadline
+    def _due(arrival: Arrival) -> float | None:
+        # The head's deadline, then the connection's own (the handshake's; none once
+        # subscribed: the pinger watches a subscriber).
+        return arrival.head_by if arrival.conn is None else arrival.conn.deadline
 
     def _serve_ready(self) -> int:
         """Read every ready connection (a batch), then time out the overdue ones."""
@@ -261,7 +293,16 @@ class HandshakeRoom:
 
     def _feed(self, arrival: Arrival, conn: ServerConnection, data: bytes, now: float) -> None:
         events = conn.receive_data(data, now)
-        if events or conn.phase is not ServerPhase.CHALLENGED:
+        if arrival.subscriber is not None:
+            # Parked: a pong changes nothing, a ping's pong is written here. Anything
+            # else (the client's Close, a protocol error) goes on in its task.
+            if events or conn.phase is not ServerPhase.SUBSCRIBED:
+                self._resume(arrival, events)
+            else:
+                self._flush(arrival, conn)
+        elif events or conn.phase is not ServerPhase.CHALLENGED:
+            if conn.phase is ServerPhase.SUBSCRIBED and self._host.park(arrival, events):
+                return  # welcomed and in the fan-out: it waits here for its next bytes
             self._resume(arrival, events)  # its task writes what the connection queued
         else:
             self._flush(arrival, conn)
@@ -282,6 +323,13 @@ class HandshakeRoom:
         self._leave(arrival)
         self._host.finish(arrival)
 
+    def unpark(self, arrival: Arrival) -> None:
+        """Give a parked subscriber its task now (the fan-out says goodbye to it, or
+        drops it): the task reads the client's Close, or ends it, as for every
+        connection."""
+        if self._by_ticket.get(arrival.ticket) is arrival:
+            self._resume(arrival, ())
+
     def _leave(self, arrival: Arrival) -> None:
         # Always before its socket closes (or moves to a task that waits on it).
         if self._arrivals.get(arrival.fd) is arrival:
@@ -289,6 +337,8 @@ class HandshakeRoom:
             self._poller.unregister(arrival.fd)
         self._by_ticket.pop(arrival.ticket, None)
         arrival.on_close = None
+        if arrival.subscriber is not None:
+            arrival.subscriber.wake = None  # from here its task is woken by its stream
 
     def _resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
         self._leave(arrival)

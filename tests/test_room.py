@@ -1,9 +1,10 @@
-"""The handshake room: plain-TCP connections wait for their handshake without a task.
+"""The room: plain-TCP connections wait for their handshake, and then as subscribers,
+without a task.
 
-Every other behaviour of a connection in its handshake (the HTTP answers, the
-deadlines, eviction, the hostile cases, what an ended connection leaves behind) is
-tested where it was before the room, through the same server: these are what the room
-adds. Real sockets on 127.0.0.1, both backends.
+Every other behaviour of a connection (the HTTP answers, the deadlines, eviction, the
+hostile cases, pushes, pings, drains, what an ended connection leaves behind) is tested
+where it was before the room, through the same server: these are what the room adds.
+Real sockets on 127.0.0.1, both backends.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from arraycrypto.core import messages as m
 from arraycrypto.core.server_connection import Event
 from arraycrypto.net.sockets import SocketStream
 from arraycrypto.server.fanout import Subscriber
-from arraycrypto.server.handshakes import Arrival, HandshakeRoom
 from arraycrypto.server.listener import Listener
+from arraycrypto.server.room import Arrival, Room
 
 from .harness import frames, hostile
 from .harness.clock import wait_for
@@ -31,7 +32,7 @@ from .harness.servers import running_server, server_config
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.skipif(not HandshakeRoom.available(), reason="the room needs epoll (Linux)"),
+    pytest.mark.skipif(not Room.available(), reason="the room needs epoll (Linux)"),
 ]
 
 N = 20
@@ -47,7 +48,7 @@ async def challenged(port: int) -> tuple[anyio.abc.ByteStream, hostile.Reader, m
 async def test_handshakes_wait_in_the_room_without_a_task_each() -> None:
     async with running_server(server_config(tick_interval=0.1)) as server:
         assert server.port
-        room = server.listener.handshake_room
+        room = server.listener.room
         assert room is not None
         tasks = len(anyio.get_running_tasks())
         clients = [await challenged(server.port) for _ in range(N)]
@@ -58,14 +59,126 @@ async def test_handshakes_wait_in_the_room_without_a_task_each() -> None:
             got = await reader.next_frame()
             assert got is not None
             assert isinstance(m.decode(got[1]), m.Welcome)
-        # Subscribed: each left the room for a task of its own, and gets every tick.
-        assert len(room) == 0
+        # Subscribed: each stays in the room, still without a task, and gets every tick.
+        assert len(room) == N
+        assert len(anyio.get_running_tasks()) == tasks
         assert server.metrics.handshakes_ok_total == N
+        assert server.metrics.value("subscribed_clients") == N
         for stream, reader, _ in clients:
             got = await reader.next_frame()
             assert got is not None
             assert isinstance(m.decode(got[1]), m.SnapshotMessage)
             await stream.aclose()
+        # Gone (a FIN each): each got a task, which ended it.
+        await wait_for(lambda: server.metrics.connections == 0)
+        assert len(room) == 0
+        assert server.metrics.value("subscribed_clients") == 0
+        await wait_for(lambda: len(anyio.get_running_tasks()) == tasks)
+
+
+async def next_non_push(reader: hostile.Reader) -> tuple[int, bytes] | None:
+    """The next frame that is not a snapshot push (a pong, a ping, a Close), or None."""
+    while (got := await reader.next_frame()) is not None:
+        if got[0] != frames.TEXT:
+            return got
+    return None
+
+
+async def test_a_subscriber_waits_in_the_room_through_pings_both_ways() -> None:
+    # The pinger pings every 50 ms: each pong is read in the room. The client's own ping
+    # is answered there too. It keeps no task, and stays subscribed.
+    config = server_config(tick_interval=0.05, ping_interval=0.05, ping_timeout=5.0)
+    async with running_server(config) as server:
+        assert server.port
+        room = server.listener.room
+        assert room is not None
+        tasks = len(anyio.get_running_tasks())
+        stream, reader = await hostile.subscribe(server.port)
+        async with stream:
+            with anyio.fail_after(10):
+                for _ in range(3):
+                    got = await next_non_push(reader)
+                    assert got is not None
+                    assert got[0] == frames.PING
+                    await stream.send(hostile.frame(frames.PONG, got[1]))
+                await stream.send(hostile.frame(frames.PING, b"mine"))
+                got = await next_non_push(reader)
+                while got is not None and got[0] == frames.PING:  # the pinger's, meanwhile
+                    await stream.send(hostile.frame(frames.PONG, got[1]))
+                    got = await next_non_push(reader)
+            assert got == (frames.PONG, b"mine")
+            assert len(room) == 1
+            assert len(anyio.get_running_tasks()) == tasks
+            assert server.metrics.value("subscribed_clients") == 1
+            assert server.metrics.value("dropped_clients_total", "ping") == 0
+
+
+async def test_a_parked_subscribers_close_is_a_closing_handshake() -> None:
+    # The client's Close gives the connection its task, which echoes it and ends it.
+    async with running_server(server_config(tick_interval=0.05)) as server:
+        assert server.port
+        room = server.listener.room
+        assert room is not None
+        stream, reader = await hostile.subscribe(server.port)
+        async with stream:
+            assert len(room) == 1
+            await stream.send(hostile.frame(frames.CLOSE, b"\x03\xe8bye"))
+            with anyio.fail_after(10):
+                got = await next_non_push(reader)
+                assert got is not None
+                assert got[0] == frames.CLOSE
+                assert frames.close_code(got[1]) == 1000
+                assert await reader.next_frame() is None  # then the server's FIN
+        await wait_for(lambda: server.metrics.connections == 0)
+        assert len(room) == 0
+        assert server.metrics.value("subscribed_clients") == 0
+
+
+async def test_a_parked_subscriber_that_never_answers_a_ping_is_dropped() -> None:
+    # The pinger drops it ("no pong"); with no task of its own, the drop gives it one,
+    # which ends it: counted out, its descriptor closed.
+    config = server_config(tick_interval=0.05, ping_interval=0.05, ping_timeout=0.2)
+    async with running_server(config) as server:
+        assert server.port
+        room = server.listener.room
+        assert room is not None
+        fds = len(os.listdir("/proc/self/fd"))
+        stream, reader = await hostile.subscribe(server.port)
+        async with stream:
+            assert len(room) == 1
+            with anyio.fail_after(10):
+                while await reader.next_frame() is not None:  # pings unanswered
+                    pass
+        await wait_for(lambda: server.metrics.connections == 0)
+        assert server.metrics.value("dropped_clients_total", "ping") == 1
+        assert len(room) == 0
+        assert server.metrics.value("subscribed_clients") == 0
+        await wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds)
+
+
+async def test_a_drain_says_goodbye_to_parked_subscribers() -> None:
+    # Draining closes every subscriber with 1001: a parked one gets its task for the
+    # closing handshake, which reads the client's echo.
+    async with running_server(server_config(tick_interval=0.05)) as server:
+        assert server.port
+        room = server.listener.room
+        assert room is not None
+        clients = [await hostile.subscribe(server.port) for _ in range(N)]
+        assert len(room) == N
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.fanout.close_all, 0.2)
+            for stream, reader in clients:
+                with anyio.fail_after(10):
+                    got = await next_non_push(reader)
+                assert got is not None
+                assert got[0] == frames.CLOSE
+                assert frames.close_code(got[1]) == 1001
+                await stream.send(hostile.frame(frames.CLOSE, got[1]))  # the echo
+                with anyio.fail_after(10):
+                    assert await reader.next_frame() is None  # the server's FIN
+                await stream.aclose()
+        await wait_for(lambda: server.metrics.connections == 0)
+        assert len(room) == 0
 
 
 async def test_a_head_in_pieces_and_a_ping_right_behind_it() -> None:
@@ -91,16 +204,17 @@ async def test_a_head_in_pieces_and_a_ping_right_behind_it() -> None:
 async def test_stopping_says_goodbye_to_the_room_and_counts_everyone_out() -> None:
     async with running_server() as server:
         assert server.port
-        room = server.listener.handshake_room
+        room = server.listener.room
         assert room is not None
         clients = [await challenged(server.port) for _ in range(N)]
+        subscribed = [await hostile.subscribe(server.port) for _ in range(N)]
         silent = [await hostile.connect(server.port) for _ in range(N)]  # no byte sent
-        await wait_for(lambda: len(room) == 2 * N)  # the silent ones: accepted meanwhile
-        assert server.metrics.connections == 2 * N
+        await wait_for(lambda: len(room) == 3 * N)  # the silent ones: accepted meanwhile
+        assert server.metrics.connections == 3 * N
     # Stopped: each upgraded connection got close 1001, then the end of input; the
     # others just the end of input. Nothing stays counted.
-    for stream, reader, _ in clients:
-        got = await reader.next_frame()
+    for stream, reader in [(stream, reader) for stream, reader, _ in clients] + subscribed:
+        got = await next_non_push(reader)
         assert got is not None
         assert got[0] == frames.CLOSE
         assert frames.close_code(got[1]) == 1001
@@ -110,10 +224,10 @@ async def test_stopping_says_goodbye_to_the_room_and_counts_everyone_out() -> No
         assert await hostile.Reader(stream).next_frame() is None
         await stream.aclose()
     assert server.metrics.connections == 0
-    assert server.listener.handshake_room is None
+    assert server.listener.room is None
 
 
-def heads(room: HandshakeRoom) -> list[bytes]:
+def heads(room: Room) -> list[bytes]:
     """The request-head bytes each connection in the room has been read so far."""
     return [arrival.head for arrival in room._arrivals.values()]
 
@@ -171,7 +285,7 @@ async def test_an_evicted_handshake_is_counted_out_as_disconnected() -> None:
 async def test_a_head_read_in_pieces() -> None:
     async with running_server() as server:
         assert server.port
-        room = server.listener.handshake_room
+        room = server.listener.room
         assert room is not None
         stream = await hostile.connect(server.port)
         reader = hostile.Reader(stream)
@@ -216,14 +330,14 @@ async def test_an_empty_room_does_not_wake(monkeypatch: pytest.MonkeyPatch) -> N
     # Connections that left keep their deadline entries until their time: the room
     # must not wake for them (a wake-up per connection, for nothing).
     wakes = 0
-    serve_ready = HandshakeRoom._serve_ready
+    serve_ready = Room._serve_ready
 
-    def counted(self: HandshakeRoom) -> int:
+    def counted(self: Room) -> int:
         nonlocal wakes
         wakes += 1
         return serve_ready(self)
 
-    monkeypatch.setattr(HandshakeRoom, "_serve_ready", counted)
+    monkeypatch.setattr(Room, "_serve_ready", counted)
     config = server_config(http_read_timeout=0.2, handshake_timeout=0.3, tick_interval=60)
     async with running_server(config) as server:
         assert server.port
@@ -238,46 +352,49 @@ async def test_an_empty_room_does_not_wake(monkeypatch: pytest.MonkeyPatch) -> N
 async def test_a_connection_the_room_cannot_take_gets_a_task(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    add = HandshakeRoom.add
+    add = Room.add
     failures = [OSError(errno.ENOSPC, "No space left on device")]
 
-    def full_once(self: HandshakeRoom, arrival: Arrival) -> None:
+    def full_once(self: Room, arrival: Arrival) -> None:
         if failures:
             raise failures.pop()
         add(self, arrival)
 
-    monkeypatch.setattr(HandshakeRoom, "add", full_once)
+    monkeypatch.setattr(Room, "add", full_once)
     async with running_server() as server:
         assert server.port
         for _ in range(2):  # the first gets a task, the second the room: both served
             stream, _ = await hostile.subscribe(server.port)
             await stream.aclose()
         assert server.metrics.handshakes_ok_total == 2
-    assert "handshake room full (No space left on device)" in caplog.text
+    assert "room full (No space left on device)" in caplog.text
 
 
-async def test_an_authenticated_client_leaves_the_pending_pool_before_its_task_runs(
+async def test_an_authenticated_client_leaves_the_pending_pool_without_a_task(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # In a reconnect storm the tasks of thousands of authenticated connections queue:
-    # they must not hold places in the pending pool meanwhile (newcomers would wait,
-    # or evict clients already welcomed).
+    # In a reconnect storm thousands of connections authenticate at once: they must not
+    # hold places in the pending pool (newcomers would wait, or evict clients already
+    # welcomed), and none of them needs a task to leave it.
     gate = anyio.Event()
     monkeypatch.setattr(Listener, "_run", held_back(gate))
     async with running_server() as server:
         assert server.port
-        room = server.listener.handshake_room
+        room = server.listener.room
         assert room is not None
+        tasks = len(anyio.get_running_tasks())
         stream, reader, challenge = await challenged(server.port)
         async with stream:
             assert server.listener.door.admission.pending == 1
             await stream.send(hostile.frame(frames.TEXT, hostile.proof(challenge)))
-            await wait_for(lambda: len(room) == 0)  # authenticated, its task not run yet
-            assert server.listener.door.admission.pending == 0
-            gate.set()
-            got = await reader.next_frame()
+            with anyio.fail_after(10):
+                got = await reader.next_frame()
             assert got is not None
             assert isinstance(m.decode(got[1]), m.Welcome)
+            assert server.listener.door.admission.pending == 0
+            assert len(room) == 1  # parked: subscribed, and no task was started
+            assert len(anyio.get_running_tasks()) == tasks
+        gate.set()
 
 
 def held_back(gate: anyio.Event) -> Callable[..., Awaitable[None]]:
@@ -330,11 +447,11 @@ async def test_without_epoll_a_connection_has_its_task_from_accept(
 ) -> None:
     # Where there is no epoll (macOS, the BSDs), every connection takes the path TLS
     # connections take here: a task from accept on. The same answers either way.
-    monkeypatch.setattr(HandshakeRoom, "available", staticmethod(lambda: False))
+    monkeypatch.setattr(Room, "available", staticmethod(lambda: False))
     config = server_config(tick_interval=0.1, http_read_timeout=0.3)
     async with running_server(config) as server:
         assert server.port
-        assert server.listener.handshake_room is None
+        assert server.listener.room is None
         stream, reader = await hostile.subscribe(server.port)
         async with stream:
             got = await reader.next_frame()
@@ -351,7 +468,7 @@ async def test_a_reload_below_a_head_already_read_refuses_it() -> None:
     config = server_config(http_max_request_size=4096)
     async with running_server(config) as server:
         assert server.port
-        room = server.listener.handshake_room
+        room = server.listener.room
         assert room is not None
         stream = await hostile.connect(server.port)
         async with stream:
