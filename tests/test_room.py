@@ -158,27 +158,28 @@ async def test_a_parked_subscriber_that_never_answers_a_ping_is_dropped() -> Non
 
 async def test_a_drain_says_goodbye_to_parked_subscribers() -> None:
     # Draining closes every subscriber with 1001: a parked one gets its task for the
-    # closing handshake, which reads the client's echo.
+    # closing handshake at once (not when the client echoes: a client that never does
+    # is then given up at the closing deadline by that task), which reads the echo.
     async with running_server(server_config(tick_interval=0.05)) as server:
         assert server.port
         room = server.listener.room
         assert room is not None
         clients = [await hostile.subscribe(server.port) for _ in range(N)]
         assert len(room) == N
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.fanout.close_all, 0.2)
-            for stream, reader in clients:
-                with anyio.fail_after(10):
-                    got = await next_non_push(reader)
-                assert got is not None
-                assert got[0] == frames.CLOSE
-                assert frames.close_code(got[1]) == 1001
-                await stream.send(hostile.frame(frames.CLOSE, got[1]))  # the echo
-                with anyio.fail_after(10):
-                    assert await reader.next_frame() is None  # the server's FIN
-                await stream.aclose()
+        await server.fanout.close_all(0.2)
+        for _, reader in clients:
+            with anyio.fail_after(10):
+                got = await next_non_push(reader)
+            assert got is not None
+            assert got[0] == frames.CLOSE
+            assert frames.close_code(got[1]) == 1001
+        assert len(room) == 0  # no echo yet: each is in its task, from the goodbye
+        for stream, reader in clients:
+            await stream.send(hostile.frame(frames.CLOSE, b"\x03\xe9"))  # the echo
+            with anyio.fail_after(10):
+                assert await reader.next_frame() is None  # the server's FIN
+            await stream.aclose()
         await wait_for(lambda: server.metrics.connections == 0)
-        assert len(room) == 0
 
 
 async def test_a_head_in_pieces_and_a_ping_right_behind_it() -> None:
@@ -304,8 +305,9 @@ async def test_a_head_read_in_pieces() -> None:
 async def test_a_write_the_kernel_takes_in_part_is_finished_by_the_task(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The kernel may take part of a write: the room queues the rest and the connection
-    # moves to its task, which sends it before anything else.
+    # The kernel may take part of a write (here the 101 and the challenge): the room
+    # queues the rest and the connection moves to its task, which sends it before
+    # anything else, and goes on through the handshake.
     write_now = SocketStream.write_now
 
     def partly(self: SocketStream, data: bytes) -> bool:
@@ -319,11 +321,45 @@ async def test_a_write_the_kernel_takes_in_part_is_finished_by_the_task(
     monkeypatch.setattr(SocketStream, "write_now", partly)
     async with running_server(server_config(tick_interval=0.1)) as server:
         assert server.port
-        stream, reader = await hostile.subscribe(server.port)  # the 101 came whole
+        stream, reader = await hostile.subscribe(server.port)
         async with stream:
             got = await reader.next_frame()
             assert got is not None
             assert isinstance(m.decode(got[1]), m.SnapshotMessage)
+
+
+async def test_a_parked_subscribers_pong_the_kernel_takes_in_part_is_finished_by_its_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pong written in the room that the kernel takes only in part: the rest is queued
+    # and the connection leaves the room for its task, which sends it; pushes go on.
+    async with running_server(server_config(tick_interval=0.05)) as server:
+        assert server.port
+        room = server.listener.room
+        assert room is not None
+        stream, reader = await hostile.subscribe(server.port)
+        async with stream:
+            assert len(room) == 1
+            write_now = SocketStream.write_now
+
+            def partly(self: SocketStream, data: bytes) -> bool:
+                if len(data) <= 10 or self.backlogged or self.busy:
+                    return write_now(self, data)
+                taken = write_now(self, data[:10])
+                if taken:
+                    self.enqueue(data[10:])
+                return taken
+
+            monkeypatch.setattr(SocketStream, "write_now", partly)
+            await stream.send(hostile.frame(frames.PING, b"p" * 100))
+            with anyio.fail_after(10):
+                got = await next_non_push(reader)
+                assert got == (frames.PONG, b"p" * 100)
+                await wait_for(lambda: len(room) == 0)  # in its task now
+                got = await reader.next_frame()
+            assert got is not None
+            assert isinstance(m.decode(got[1]), m.SnapshotMessage)
+            assert server.metrics.value("subscribed_clients") == 1
 
 
 async def test_an_empty_room_does_not_wake(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,14 +406,10 @@ async def test_a_connection_the_room_cannot_take_gets_a_task(
     assert "room full (No space left on device)" in caplog.text
 
 
-async def test_an_authenticated_client_leaves_the_pending_pool_without_a_task(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_an_authenticated_client_leaves_the_pending_pool_without_a_task() -> None:
     # In a reconnect storm thousands of connections authenticate at once: they must not
     # hold places in the pending pool (newcomers would wait, or evict clients already
     # welcomed), and none of them needs a task to leave it.
-    gate = anyio.Event()
-    monkeypatch.setattr(Listener, "_run", held_back(gate))
     async with running_server() as server:
         assert server.port
         room = server.listener.room
@@ -394,7 +426,6 @@ async def test_an_authenticated_client_leaves_the_pending_pool_without_a_task(
             assert server.listener.door.admission.pending == 0
             assert len(room) == 1  # parked: subscribed, and no task was started
             assert len(anyio.get_running_tasks()) == tasks
-        gate.set()
 
 
 def held_back(gate: anyio.Event) -> Callable[..., Awaitable[None]]:
@@ -416,15 +447,12 @@ def held_back(gate: anyio.Event) -> Callable[..., Awaitable[None]]:
     return queued
 
 
-async def test_a_new_subscriber_gets_the_next_tick_before_its_task_runs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_new_subscriber_gets_the_next_tick_with_no_task() -> None:
     # The room hands a subscribed connection to the fan-out at once, its welcome first:
-    # a tick before its task first runs (a storm queues thousands) still reaches it.
-    gate = anyio.Event()
-    monkeypatch.setattr(Listener, "_run", held_back(gate))
+    # the next tick reaches it, and it never needed a task.
     async with running_server(server_config(tick_interval=0.05)) as server:
         assert server.port
+        tasks = len(anyio.get_running_tasks())
         stream, reader, challenge = await challenged(server.port)
         async with stream:
             await stream.send(hostile.frame(frames.TEXT, hostile.proof(challenge)))
@@ -433,13 +461,52 @@ async def test_a_new_subscriber_gets_the_next_tick_before_its_task_runs(
                 assert got is not None
                 welcome = m.decode(got[1])
                 assert isinstance(welcome, m.Welcome)
-                got = await reader.next_frame()  # its task is still held back
+                got = await reader.next_frame()
             assert got is not None
             push = m.decode(got[1])
             assert isinstance(push, m.SnapshotMessage)
-            assert not gate.is_set()
+            assert len(anyio.get_running_tasks()) == tasks
             assert server.metrics.handshakes_ok_total == 1
+
+
+async def test_a_welcome_the_kernel_takes_in_part_joins_the_fan_out_before_its_task_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A welcome not written whole cannot park: the connection needs its task to send
+    # the rest. It still leaves the pending pool and joins the fan-out at once, not when
+    # that task first runs (in a reconnect storm thousands queue); every push follows
+    # the welcome.
+    write_now = SocketStream.write_now
+
+    def welcome_in_part(self: SocketStream, data: bytes) -> bool:
+        if b'"welcome"' not in data or self.backlogged or self.busy:
+            return write_now(self, data)
+        taken = write_now(self, data[:10])
+        if taken:
+            self.enqueue(data[10:])
+        return taken
+
+    monkeypatch.setattr(SocketStream, "write_now", welcome_in_part)
+    gate = anyio.Event()
+    monkeypatch.setattr(Listener, "_run", held_back(gate))
+    async with running_server(server_config(tick_interval=0.05)) as server:
+        assert server.port
+        room = server.listener.room
+        assert room is not None
+        stream, reader, challenge = await challenged(server.port)
+        async with stream:
+            await stream.send(hostile.frame(frames.TEXT, hostile.proof(challenge)))
+            await wait_for(lambda: server.metrics.value("subscribed_clients") == 1)
+            assert len(room) == 0  # not parked: its task (held back) sends the rest
+            assert server.listener.door.admission.pending == 0
             gate.set()
+            with anyio.fail_after(10):
+                got = await reader.next_frame()
+                assert got is not None
+                assert isinstance(m.decode(got[1]), m.Welcome)
+                got = await reader.next_frame()
+            assert got is not None
+            assert isinstance(m.decode(got[1]), m.SnapshotMessage)
 
 
 async def test_without_epoll_a_connection_has_its_task_from_accept(

@@ -153,8 +153,8 @@ class Subscriber:
         self.ping_due = False  # a ping waits for the writer
         self.writing = False  # a writer task is running
         self.write_started: float | None = None  # when the current awaited write began
-        #: Set while the connection waits with no task of its own (parked in the handshake
-        #: room): gives it one. Its task is what reads a Close and ends the connection.
+        #: Set while the connection waits with no task of its own (parked in the room):
+        #: gives it one. Its task is what reads a Close and ends the connection.
         self.wake: Callable[[], None] | None = None
 
     @property

@@ -85,7 +85,7 @@ class Listener:
         self._current = current
         self._ssl = ssl_context
         self.door = Door(config, metrics)
-        #: Plain-TCP connections before their first event (Linux), while the server runs.
+        #: Plain-TCP connections with no task of their own (Linux), while the server runs.
         self.room: Room | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         # Port scanners, floods and dying clients repeat the same lines at network speed.
@@ -186,11 +186,13 @@ class Listener:
     def resume(self, arrival: Arrival, events: Sequence[Event]) -> None:
         """Give a connection leaving the room its own task, from where it left."""
         assert self._tg is not None
-        subscriber, arrival.subscriber = arrival.subscriber, None
+        subscriber = arrival.subscriber
         if subscriber is not None:
             # It subscribed in the room (park): its Subscribed event was handled there.
             events = [e for e in events if not isinstance(e, Subscribed)]
         self._tg.start_soon(self._run, arrival, events, subscriber, name="arraycrypto connection")
+        # Only once its task has it: if starting one failed, finish() still discards it.
+        arrival.subscriber = None
 
     def finish(self, arrival: Arrival) -> None:
         """A connection ended in the room (evicted, or the server stopped): count it out."""

@@ -181,7 +181,8 @@ class Room:
                 wait.deadline = wake
 
     async def run(self) -> None:
-        """Read ready connections until cancelled; then close those still here."""
+        """Read ready connections until cancelled; then give every upgraded connection
+        still here its task (to say goodbye), and close the others."""
         epoll_fd = self._poller.fileno()
         try:
             while True:
