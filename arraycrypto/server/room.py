@@ -162,6 +162,8 @@ class Room:
         # connections that left are dropped once they reach the top (_next_due).
         self._deadlines: list[tuple[float, int]] = []
         self._wait: anyio.CancelScope | None = None  # the room's current wait
+        # One read buffer for every connection: the room reads them one at a time.
+        self._buffer = memoryview(bytearray(_READ_SIZE))
 
     def __len__(self) -> int:
         return len(self._arrivals)
@@ -248,12 +250,14 @@ class Room:
             if size <= 0:  # a reload lowered the limit below what was read: refused
                 self._resume(arrival, ())
                 return
+        buffer = self._buffer
         try:
-            data = arrival.stream.receive_now(size)
+            got = arrival.stream.receive_into_now(buffer[:size])
         except anyio.BrokenResourceError:
-            data = b""  # its task reads the end of input and ends it as usual
-        if data is None:
+            got = 0  # its task reads the end of input and ends it as usual
+        if got is None:
             return
+        data = bytes(buffer[:got])
         try:
             if not data:
                 self._resume(arrival, ())
