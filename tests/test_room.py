@@ -303,23 +303,29 @@ async def test_a_head_read_in_pieces() -> None:
             assert head.startswith(b"HTTP/1.1 101"), head[:80]
 
 
-async def test_a_write_the_kernel_takes_in_part_is_finished_by_the_task(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The kernel may take part of a write (here the 101 and the challenge): the room
-    # queues the rest and the connection moves to its task, which sends it before
-    # anything else, and goes on through the handshake.
+def taken_in_part(which: Callable[[bytes], bool]) -> Callable[[SocketStream, bytes], bool]:
+    """``SocketStream.write_now`` as when the kernel takes only the first 10 bytes of
+    the writes ``which`` picks (the rest is queued for an awaited flush)."""
     write_now = SocketStream.write_now
 
     def partly(self: SocketStream, data: bytes) -> bool:
-        if len(data) <= 10 or self.backlogged or self.busy:
+        if not which(data) or self.backlogged or self.busy:
             return write_now(self, data)
         taken = write_now(self, data[:10])
         if taken:
             self.enqueue(data[10:])
         return taken
 
-    monkeypatch.setattr(SocketStream, "write_now", partly)
+    return partly
+
+
+async def test_a_write_the_kernel_takes_in_part_is_finished_by_the_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kernel may take part of a write (here the 101 and the challenge): the room
+    # queues the rest and the connection moves to its task, which sends it before
+    # anything else, and goes on through the handshake.
+    monkeypatch.setattr(SocketStream, "write_now", taken_in_part(lambda data: len(data) > 10))
     async with running_server(server_config(tick_interval=0.1)) as server:
         assert server.port
         stream, reader = await hostile.subscribe(server.port)
@@ -341,16 +347,7 @@ async def test_a_parked_subscribers_pong_the_kernel_takes_in_part_is_finished_by
         stream, reader = await hostile.subscribe(server.port)
         async with stream:
             assert len(room) == 1
-            write_now = SocketStream.write_now
-
-            def partly(self: SocketStream, data: bytes) -> bool:
-                if len(data) <= 10 or self.backlogged or self.busy:
-                    return write_now(self, data)
-                taken = write_now(self, data[:10])
-                if taken:
-                    self.enqueue(data[10:])
-                return taken
-
+            partly = taken_in_part(lambda data: len(data) > 10)
             monkeypatch.setattr(SocketStream, "write_now", partly)
             await stream.send(hostile.frame(frames.PING, b"p" * 100))
             with anyio.fail_after(10):
@@ -477,16 +474,7 @@ async def test_a_welcome_the_kernel_takes_in_part_joins_the_fan_out_before_its_t
     # the rest. It still leaves the pending pool and joins the fan-out at once, not when
     # that task first runs (in a reconnect storm thousands queue); every push follows
     # the welcome.
-    write_now = SocketStream.write_now
-
-    def welcome_in_part(self: SocketStream, data: bytes) -> bool:
-        if b'"welcome"' not in data or self.backlogged or self.busy:
-            return write_now(self, data)
-        taken = write_now(self, data[:10])
-        if taken:
-            self.enqueue(data[10:])
-        return taken
-
+    welcome_in_part = taken_in_part(lambda data: b'"welcome"' in data)
     monkeypatch.setattr(SocketStream, "write_now", welcome_in_part)
     gate = anyio.Event()
     monkeypatch.setattr(Listener, "_run", held_back(gate))
