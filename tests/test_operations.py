@@ -31,7 +31,7 @@ from .harness.constants import HOST, OTHER, RFC_6455_KEY, SECRET
 from .harness.http import http_get, parse_response
 from .harness.peers import RawClient
 from .harness.proc import alive
-from .harness.servers import ServeProcess, client_config, running_server, server_config
+from .harness.servers import ServeProcess, client_config, running_server, server_config, trusting
 
 pytestmark = pytest.mark.anyio
 
@@ -93,9 +93,7 @@ async def test_certificate_rotation_by_reload(tmp_path: Path) -> None:
         ca = trustme.CA()
         pem = tmp_path / f"{name}.pem"
         ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
-        context = ssl.create_default_context()
-        ca.configure_trust(context)
-        return pem, context
+        return pem, trusting(ca)
 
     first, trusts_first = issue("first")
     second, trusts_second = issue("second")

@@ -22,7 +22,7 @@ from arraycrypto.core import messages as m
 from .harness.constants import HOST, SECRET
 from .harness.http import parse_response
 from .harness.peers import RawClient
-from .harness.servers import running_server, server_config
+from .harness.servers import running_server, server_config, trusting
 
 pytestmark = pytest.mark.anyio
 
@@ -45,9 +45,7 @@ def tls_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
     """A client-side context that trusts the test CA."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
+    return trusting(ca)
 
 
 def tls_server(pem: Path) -> ServerConfig:
