@@ -18,6 +18,7 @@ from websockets.frames import Opcode
 
 from arraycrypto import CryptoClient, CryptoConfig, Keyring, ServerConfig, SnapshotError
 from arraycrypto.core import messages as m
+from arraycrypto.server import shim
 
 from .harness.constants import HOST, SECRET
 from .harness.http import parse_response
@@ -104,6 +105,43 @@ async def test_https_shim_and_raw_wss(
         await raw.handshake()
         assert isinstance(await raw.recv_message(), m.SnapshotMessage)
         await raw.aclose()
+
+
+async def read_to_close_notify(stream: anyio.abc.ByteReceiveStream) -> bytes:
+    """Everything up to the peer's close_notify.
+
+    With ``tls_standard_compatible`` (anyio's default), only a close_notify is an
+    EndOfStream; a connection closed without one raises BrokenResourceError.
+    """
+    data = b""
+    try:
+        while True:
+            data += await stream.receive()
+    except anyio.EndOfStream:
+        return data
+
+
+async def test_an_https_answer_ends_with_close_notify_at_once(
+    client_context: ssl.SSLContext, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over plain TCP the shim half-closes (FIN) right after its answer, then lingers to
+    # drain the client. Over TLS it sent nothing until the linger ran out (1 s), so a
+    # client reading to the end of the answer (HTTP/1.0 style, or this suite) waited that
+    # long. The linger is made long here: the end must come from the server's close_notify.
+    monkeypatch.setattr(shim, "_LINGER_TIMEOUT", 60.0)
+    pem, _ = tls_files
+    async with running_server(tls_server(pem)) as server:
+        assert server.port
+        for path in (b"/health", b"/nowhere"):
+            stream = await anyio.connect_tcp(
+                HOST, server.port, ssl_context=client_context, tls_hostname="localhost"
+            )
+            async with stream:
+                await stream.send(b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                with anyio.fail_after(10):
+                    data = await read_to_close_notify(stream)
+            status, _, _ = parse_response(data)
+            assert status == (200 if path == b"/health" else 404)
 
 
 async def test_untrusted_certificate_is_refused(tls_files: tuple[Path, Path]) -> None:

@@ -40,7 +40,7 @@ class Stream(Protocol):
         """Send bytes after everything sent before them."""
 
     async def send_eof(self) -> None:
-        """Half-close (a no-op where the stream cannot, as on TLS)."""
+        """Half-close: FIN, or close_notify on TLS (a no-op where the stream cannot)."""
 
 
 class SansIOConnection(Protocol[E_co]):

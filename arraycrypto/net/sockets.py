@@ -58,7 +58,7 @@ class DirectStream(Protocol):
         """Return the next bytes; raise anyio.EndOfStream at the end of input."""
 
     async def send_eof(self) -> None:
-        """Half-close after everything queued (a no-op where impossible, as on TLS)."""
+        """Half-close after everything queued: FIN, or close_notify on TLS."""
 
     async def aclose(self) -> None:
         """Close gracefully where the stream can (TLS close_notify), then close."""

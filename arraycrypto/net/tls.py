@@ -46,8 +46,9 @@ class ServerTLSStream:
     """Server-side TLS over a :class:`SocketStream`; create with :meth:`wrap`.
 
     As with anyio's TLSStream and ``standard_compatible=False``, an end of input without
-    close_notify is an ordinary end of stream. There is no half-close: :meth:`send_eof`
-    does nothing, the connection ends with :meth:`aclose` (close_notify, then close).
+    close_notify is an ordinary end of stream. :meth:`send_eof` sends close_notify and
+    leaves the input open (TLS's half-close); :meth:`aclose` sends it if not yet sent,
+    then closes.
     """
 
     __slots__ = ("_closed", "_incoming", "_outgoing", "_ssl", "_transport")
@@ -144,7 +145,19 @@ class ServerTLSStream:
             await self.flush()
 
     async def send_eof(self) -> None:
-        """TLS has no half-close: nothing to do; the connection ends with :meth:`aclose`."""
+        """Send close_notify, TLS's end of output; reading goes on until the peer's.
+
+        What a FIN is to plain TCP: the HTTP shim half-closes after its answer and then
+        drains the client, and a client reading to the end of the answer sees it at once
+        rather than when the drain gives up. Nothing can be sent after it.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        # SSLWantReadError: our close_notify is queued; the peer's comes through receive().
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self._ssl.unwrap()
+        await self.flush()
 
     async def aclose(self) -> None:
         """Send close_notify (best effort, bounded by the caller), then close the socket."""
