@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,23 @@ from arraycrypto import (
     save_config,
 )
 from arraycrypto.core import messages as m
+from arraycrypto.core.server_connection import ServerPhase
 
-from .harness import hostile
+from .harness import frames, hostile
 from .harness.cli import cli
 from .harness.clock import wait_for
 from .harness.constants import HOST, OTHER, RFC_6455_KEY, SECRET
 from .harness.http import http_get, parse_response
 from .harness.peers import RawClient
 from .harness.proc import alive
-from .harness.servers import ServeProcess, client_config, running_server, server_config, trusting
+from .harness.servers import (
+    ServeProcess,
+    client_config,
+    running_server,
+    server_config,
+    trusting,
+    with_tls,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -334,3 +343,52 @@ async def test_a_client_follows_a_new_config_without_a_restart() -> None:
             )
             client.reload(distrust)
             assert client.snapshot is None
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_stopping_sends_a_partly_written_push_whole_then_1001(
+    tls: bool, tmp_path: Path
+) -> None:
+    # A client that reads slowly has a fan-out writer with a push partly in the kernel,
+    # the rest queued, when the server stops. The stop sends the rest, then Close 1001:
+    # it used to close with the push cut short and no Close (a parked plain-TCP client's
+    # task was cancelled while it sent the rest, before its goodbye).
+    config = server_config(tick_interval=0.01)
+    context = None
+    if tls:
+        config, context = with_tls(config, tmp_path)
+    got: list[tuple[int, bytes]] = []
+    async with anyio.create_task_group() as tg, running_server(config) as server:
+        assert server.port
+        stream, reader = await hostile.subscribe(server.port, context)
+        await wait_for(lambda: len(server.fanout) == 1)
+        (sub,) = server.fanout.subscribers
+        # Small buffers at both ends, and the client reads nothing: the buffers fill.
+        client = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sub.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024)
+        await wait_for(lambda: sub.writing and sub.stream.backlogged, timeout=30)
+
+        async def read_once_stopping() -> None:
+            # From the moment the server said goodbye, or gave up on the connection.
+            await wait_for(
+                lambda: (
+                    sub.conn.phase is not ServerPhase.SUBSCRIBED or not server.metrics.connections
+                )
+            )
+            # A wide window again: a small one drains too slowly for the goodbye's bound.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            while (frame := await reader.next_frame()) is not None:
+                got.append(frame)
+                if frame[0] == frames.CLOSE:  # echo it, as a client does: the server is done
+                    await stream.send(hostile.frame(frames.CLOSE, frame[1]))
+
+        tg.start_soon(read_once_stopping)
+    # Stopped (the reader ran meanwhile): whole pushes, then the Close, then nothing.
+    await stream.aclose()
+    assert reader.buffer == b"", f"a frame cut short: {reader.buffer!r}"
+    assert got, "nothing after the stop"
+    assert got[-1][0] == frames.CLOSE, f"no Close, last frame: {got[-1]!r}"
+    assert frames.close_code(got[-1][1]) == 1001
+    pushes = [payload for opcode, payload in got[:-1] if opcode == frames.TEXT]
+    assert all(isinstance(m.decode(payload), m.SnapshotMessage) for payload in pushes)

@@ -41,6 +41,10 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 class DirectStream(Protocol):
     """The surface the server's connections use, plain TCP and TLS alike."""
 
+    @property
+    def socket(self) -> socket.socket:
+        """The socket underneath (for addresses and options)."""
+
     def write_now(self, data: bytes) -> bool:
         """Take ``data`` synchronously if nothing is queued or sending; see SocketStream."""
 

@@ -17,6 +17,7 @@ that connection fails.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from typing import TypeVar
@@ -66,6 +67,11 @@ class ServerTLSStream:
         stream = cls(transport, context)
         await stream._run(stream._ssl.do_handshake)
         return stream
+
+    @property
+    def socket(self) -> socket.socket:
+        """The socket underneath (for addresses and options)."""
+        return self._transport.socket
 
     @property
     def backlogged(self) -> bool:

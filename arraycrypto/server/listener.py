@@ -252,12 +252,14 @@ class Listener:
                 del opened
             del arrival
             driver = Driver(stream, conn, time.monotonic)
-            if stream.backlogged:  # what the room could not write at once
-                try:
-                    await stream.flush()
-                except STREAM_ERRORS:
-                    events = [*events, *driver.end_of_input()]  # the peer is gone
             try:
+                if stream.backlogged:  # what the room (or a fan-out writer) left queued
+                    # Inside the goodbye's reach: stopping while this waits must still
+                    # send the rest, then the Close, never close with a frame cut short.
+                    try:
+                        await stream.flush()
+                    except STREAM_ERRORS:
+                        events = [*events, *driver.end_of_input()]  # the peer is gone
                 batch: Sequence[Event] | None = events
                 del events
                 while batch is not None:
