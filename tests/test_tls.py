@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,65 @@ async def test_an_https_answer_ends_with_close_notify_at_once(
                     data = await read_to_close_notify(stream)
             status, _, _ = parse_response(data)
             assert status == (200 if path == b"/health" else 404)
+
+
+def post_in_two_records(port: int, context: ssl.SSLContext, size: int) -> tuple[bytes, str]:
+    """POST ``size`` bytes to /snapshot over TLS, by hand: the head and the body's first
+    record reach the server in one segment, the rest follows. Returns the response's
+    status line and what went wrong on the way ("" if nothing). Blocking: run it in a
+    thread.
+    """
+    raw = socket.create_connection((HOST, port), timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        tls.write(b"POST /snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        tls.write(b"x" * 4096)  # a record of its own, read after the head's
+        raw.sendall(outgoing.read())
+        problem = ""
+        try:
+            for sent in range(4096, size, 4096):
+                tls.write(b"x" * min(4096, size - sent))
+                raw.sendall(outgoing.read())
+        except OSError as exc:
+            problem = f"sending the body: {exc!r}"
+        answer = b""
+        try:
+            while b"\r\n" not in answer:
+                data = raw.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    answer += tls.read(65536)
+        except (OSError, ssl.SSLError) as exc:
+            problem += f" reading the answer: {exc!r}"
+    return answer.split(b"\r\n", 1)[0], problem
+
+
+async def test_a_request_body_is_drained_before_the_close(
+    client_context: ssl.SSLContext, tls_files: tuple[Path, Path]
+) -> None:
+    # The shim answers after the head and drains the body, so the client can send it all
+    # and read the answer. Over TLS, a body record already waiting when the answer went
+    # out made the close_notify's shutdown read it and fail: the drain stopped at once,
+    # the socket closed with input unread, and the client's send failed (reset).
+    pem, _ = tls_files
+    async with running_server(tls_server(pem)) as server:
+        assert server.port
+        status, problem = await anyio.to_thread.run_sync(
+            post_in_two_records, server.port, client_context, 300_000
+        )
+    assert problem == ""
+    assert status.startswith(b"HTTP/1.1 4"), status  # a POST to /snapshot is refused
 
 
 async def test_untrusted_certificate_is_refused(tls_files: tuple[Path, Path]) -> None:

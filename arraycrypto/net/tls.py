@@ -159,6 +159,11 @@ class ServerTLSStream:
         """
         if self._closed:
             return
+        if self._ssl.pending() or self._incoming.pending:
+            # Input not read yet (a request body's next record): the shutdown would read
+            # it as data after close_notify and fail, and every read after it. Leave the
+            # close_notify to aclose(), once the caller has drained what it wants.
+            return
         self._closed = True
         # SSLWantReadError: our close_notify is queued; the peer's comes through receive().
         with contextlib.suppress(ssl.SSLError, ValueError):
@@ -173,8 +178,9 @@ class ServerTLSStream:
                 # SSLWantReadError: our close_notify is queued; we do not wait for theirs.
                 with contextlib.suppress(ssl.SSLError, ValueError):
                     self._ssl.unwrap()
-                with contextlib.suppress(*STREAM_ERRORS):
-                    await self.flush()
+            # Also what send_eof() queued and could not send in its time: one more try.
+            with contextlib.suppress(*STREAM_ERRORS):
+                await self.flush()
         finally:
             # Even when cancelled while sending: never leak the socket.
             self._transport.close()
