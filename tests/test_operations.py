@@ -347,14 +347,16 @@ async def test_a_client_follows_a_new_config_without_a_restart() -> None:
             assert client.snapshot is None
 
 
+@pytest.mark.parametrize("draining", [False, True], ids=["stop", "drain then stop"])
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 async def test_stopping_sends_a_partly_written_push_whole_then_1001(
-    tls: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tls: bool, draining: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A client that reads slowly has a fan-out writer with a push partly in the kernel,
     # the rest queued, when the server stops. The stop sends the rest, then Close 1001:
     # it used to close with the push cut short and no Close (a parked plain-TCP client's
-    # task was cancelled while it sent the rest, before its goodbye).
+    # task was cancelled while it sent the rest, before its goodbye). Or a drain had
+    # already queued the Close behind the rest, and the stop cut both short.
     # The goodbye's bound made long: a window closed for a while reopens only at the
     # sender's next probe (backed off), which on a loaded machine came after 1 s.
     monkeypatch.setattr(listener, "_GOODBYE_TIMEOUT", 20.0)
@@ -389,8 +391,15 @@ async def test_stopping_sends_a_partly_written_push_whole_then_1001(
                 await anyio.sleep(0.001)
         assert stuck()
 
+        stopping = anyio.Event()
+        if draining:
+            tg.start_soon(server.drain, 0.5)  # its Close waits behind the push
+            await wait_for(lambda: sub.conn.phase is not ServerPhase.SUBSCRIBED)
+
         async def read_once_stopping() -> None:
-            # From the moment the server said goodbye, or gave up on the connection.
+            # From the moment the server is stopping: then it said goodbye, or gave up on
+            # the connection (a drain said goodbye before).
+            await stopping.wait()
             await wait_for(
                 lambda: (
                     sub.conn.phase is not ServerPhase.SUBSCRIBED or not server.metrics.connections
@@ -404,6 +413,7 @@ async def test_stopping_sends_a_partly_written_push_whole_then_1001(
                     await stream.send(hostile.frame(frames.CLOSE, frame[1]))
 
         tg.start_soon(read_once_stopping)
+        stopping.set()  # the reader runs once the stop below has cancelled the server
     # Stopped (the reader ran meanwhile): whole pushes, then the Close, then nothing.
     await stream.aclose()
     assert reader.buffer == b"", f"a frame cut short: {reader.buffer!r}"

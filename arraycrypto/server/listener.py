@@ -11,6 +11,7 @@ soon as it has more to do than wait; the task goes on from there with the same c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -269,6 +270,12 @@ class Listener:
                 # The server is stopping: tell the client (1001), shielded and bounded.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
                     conn.going_away(time.monotonic())
+                    if stream.backlogged:
+                        # A Close already queued (a drain's, behind a push the kernel
+                        # took in part): going_away() adds nothing, so the driver would
+                        # not write; the rest and the Close go first.
+                        with contextlib.suppress(*STREAM_ERRORS):
+                            await stream.flush()
                     while (closing := await driver.step()) is not None:
                         self._handle(closing, conn, stream, ticket)
                 raise
