@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from arraycrypto import (
@@ -202,6 +203,26 @@ async def test_a_max_drift_shorter_than_the_tick_interval_is_warned_at_handshake
         async with CryptoClient(client_config(server.port, max_drift=1.0)) as client:
             await client.authenticate()
         assert not [r for r in caplog.records if "the server ticks every" in r.getMessage()]
+
+
+@pytest.mark.anyio
+async def test_the_encrypt_command_says_max_drift_is_too_short(tmp_path: Path) -> None:
+    # The one-shot command silences the client's connection lines (its own error message
+    # says it all), and that hid this warning too: a config that stalls encryption for
+    # most of every tick went unsaid. It is about the config, not the connection.
+    async with running_server(server_config(tick_interval=0.5)) as server:
+        assert server.port
+        path = tmp_path / "client.json"
+        save_config(path, client_config(server.port, max_drift=0.2))
+        result = await anyio.to_thread.run_sync(
+            lambda: cli("encrypt", "--config", str(path), data=b"hello")
+        )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.decode().splitlines()
+    drift = [line for line in lines if "the server ticks every 0.5 s but max_drift is" in line]
+    assert len(drift) == 1, lines
+    assert "WARNING" in drift[0]
+    assert len(lines) == 1, lines  # and nothing else: the connection's lines stay quiet
 
 
 # -- config files holding a secret, readable by others -------------------------------------

@@ -119,8 +119,9 @@ def run_encrypt(args: argparse.Namespace, config: CryptoConfig) -> int:
     if args.log_level is None:
         # One attempt, and its failure is this command's error message, which says it
         # all (the reason, the last refused snapshot): the client's own log lines
-        # about it would say it twice.
+        # about it would say it twice. What it learns about the config still shows.
         logging.getLogger("arraycrypto.client").setLevel(logging.CRITICAL)
+        logging.getLogger("arraycrypto.client.config").setLevel(logging.WARNING)
     cipher = _fetch_cipher(config)
     associated_data = args.associated_data
     with open_input(args.input) as src, open_output(args.output) as raw:

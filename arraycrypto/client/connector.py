@@ -41,6 +41,9 @@ from ..net.sockets import STREAM_ERRORS
 __all__ = ["Connector", "Sink", "backoff"]
 
 logger = logging.getLogger("arraycrypto.client")
+#: What is wrong with the client's config, learned at the handshake: a child of the client's
+#: logger, so one that silences connection news can still let this through.
+config_logger = logging.getLogger("arraycrypto.client.config")
 
 _BACKOFF_BASE: Final = 0.1
 _GOODBYE_TIMEOUT: Final = 1.0  # seconds for our close handshake when the client closes
@@ -145,6 +148,7 @@ class Connector:
         self._ssl: ssl.SSLContext | None = None
         self._attempt: anyio.CancelScope | None = None
         self._warnings = RateLimitedLog(logger)
+        self._config_warnings = RateLimitedLog(config_logger)
 
     def reload(self, config: CryptoConfig) -> None:
         """Use ``config`` from the next attempt on (URLs, timeouts, CA bundle)."""
@@ -262,7 +266,7 @@ class Connector:
         interval = session.tick_interval
         drift = self.config.max_drift
         if interval is not None and drift < interval:
-            self._warnings.log(
+            self._config_warnings.log(
                 logging.WARNING,
                 "max_drift",
                 "%s: the server ticks every %g s but max_drift is %g s: each snapshot may"
