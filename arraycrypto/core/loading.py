@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import logging
 import os
 import re
 import stat
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -163,7 +162,7 @@ def _warn_near_misses(env: Mapping[str, str]) -> None:
         if name == variable or name in known:
             continue
         # Compared without the prefix, which would make every pair look alike.
-        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        close = _close_matches(name, known, cutoff=0.75)
         if close and variable not in _warned_variables:
             _warned_variables.add(variable)  # once a process, not at every (re)load
             logger.warning(
@@ -279,7 +278,7 @@ def _with_hint(message: str, kind: type[_C]) -> str:
                 " (`arraycrypto client-config` writes a client's from it)"
             )
         return f"{message}: `{name}` is a client setting: is this a client's config?"
-    close = difflib.get_close_matches(name, sorted(ours), n=1)
+    close = _close_matches(name, ours)
     return f"{message}: did you mean `{close[0]}`?" if close else message
 
 
@@ -348,3 +347,12 @@ def save_config(
     with os.fdopen(fd, "wb") as f:
         os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
         f.write(data)
+
+
+def _close_matches(name: str, choices: Iterable[str], cutoff: float = 0.6) -> list[str]:
+    """The closest of ``choices`` to a mistyped ``name``, if any is close enough."""
+    # Imported here, on the error path only: difflib is a few milliseconds of every
+    # command's start-up (and of every program that imports arraycrypto) otherwise.
+    import difflib
+
+    return difflib.get_close_matches(name, sorted(choices), n=1, cutoff=cutoff)
